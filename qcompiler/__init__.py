@@ -1,0 +1,40 @@
+"""qcompiler: an ahead-of-time compiler for quantized (int8) neural networks on Apache TVM.
+
+    import qcompiler as qc
+    graph = qc.from_torch(model, example_inputs)    # import a PyTorch-quantized model
+    y = qc.interpret(graph, x)                      # run the PyTorch-exact reference
+    cm = qc.compile(model, example_inputs)          # compile to native code for this CPU
+    cm(x); cm.export("model.qc"); qc.load("model.qc")
+
+The IR and the reference interpreter import no TVM; `compile` and `load` import it on demand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qcompiler.errors import QCompilerError
+from qcompiler.ir import Builder, Graph, QParams, TensorType, parse, print_graph, verify
+from qcompiler.reference.interpreter import interpret
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Builder", "Graph", "QCompilerError", "QParams", "TensorType", "__version__", "compile",
+    "from_torch", "interpret", "load", "parse", "print_graph", "verify",
+]
+
+_LAZY = {
+    "from_torch": ("qcompiler.frontends", "from_torch"),
+    "compile": ("qcompiler.driver", "compile"),
+    "load": ("qcompiler.runtime", "load"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'qcompiler' has no attribute {name!r}")

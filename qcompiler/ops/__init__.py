@@ -1,0 +1,3 @@
+"""Op definitions, one module per family. Importing this package registers them all."""
+
+from qcompiler.ops import quant  # noqa: F401

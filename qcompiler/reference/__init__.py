@@ -1,0 +1,1 @@
+"""The numpy reference: quantization arithmetic and the interpreter (the oracle)."""
