@@ -11,7 +11,12 @@ The IR and the reference interpreter import no TVM; `compile` and `load` import 
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# TVM fixes its thread pool size at first use and defaults to half the cores; use them all
+# unless the user chose (before anything below can start the pool).
+os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import Builder, Graph, QParams, TensorType, parse, print_graph, verify

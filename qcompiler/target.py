@@ -138,7 +138,9 @@ class TargetPreset:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHES:
-            raise TargetError(f"target {self.name!r}: arch must be one of {ARCHES}, got {self.arch!r}")
+            raise TargetError(
+                f"target {self.name!r}: arch must be one of {ARCHES}, got {self.arch!r}"
+            )
         if self.schedule_family not in SCHEDULE_FAMILIES:
             raise TargetError(
                 f"target {self.name!r}: schedule_family must be one of {SCHEDULE_FAMILIES}, "
@@ -253,9 +255,7 @@ class _Spec:
 
 
 _SPECS: dict[str, _Spec] = {
-    "x86-avx512-vnni": _Spec(
-        "x86_64", "cascadelake", (), _X86_AVX512 | {"avx512vnni"}, "x86-vnni"
-    ),
+    "x86-avx512-vnni": _Spec("x86_64", "cascadelake", (), _X86_AVX512 | {"avx512vnni"}, "x86-vnni"),
     "x86-avx512": _Spec("x86_64", "skylake-avx512", (), _X86_AVX512, "x86-avx512"),
     "x86-avx2": _Spec("x86_64", "haswell", (), _X86_V3, "x86-avx2"),
     "x86-generic": _Spec("x86_64", "x86-64", (), frozenset({"sse", "sse2"}), "generic"),
@@ -309,7 +309,9 @@ def get_target(name_or_preset: str | TargetPreset, *, num_cores: int | None = No
     return _from_spec(key, spec, cores)
 
 
-def _from_spec(name: str, spec: _Spec, num_cores: int, resolved_from: str | None = None) -> TargetPreset:
+def _from_spec(
+    name: str, spec: _Spec, num_cores: int, resolved_from: str | None = None
+) -> TargetPreset:
     return TargetPreset(
         name=name,
         arch=spec.arch,
@@ -323,20 +325,28 @@ def _from_spec(name: str, spec: _Spec, num_cores: int, resolved_from: str | None
 
 
 def _resolve_host(num_cores: int) -> TargetPreset:
-    arch = host_arch()
+    name = best_preset_for(host_arch(), host_features())
+    return _from_spec(name, _SPECS[name], num_cores, resolved_from="host")
+
+
+def best_preset_for(arch: str, features: Iterable[str]) -> str:
+    """Name of the best preset a CPU of `arch` with `features` (canonical names) can run.
+
+    This is how `host` resolves. Raises `TargetError` for an unsupported arch, or when the CPU
+    lacks even the baseline preset's features.
+    """
     candidates = _HOST_PREFERENCE.get(arch)
     if candidates is None:
         raise TargetError(
-            f"host architecture {platform.machine()!r} is not supported; qcompiler targets "
+            f"architecture {arch!r} is not supported; qcompiler targets "
             f"{' and '.join(ARCHES)} (cross-compile with one of: {', '.join(_SPECS)})"
         )
-    have = host_features()
+    have = frozenset(features)
     for name in candidates:
-        spec = _SPECS[name]
-        if spec.features <= have:
-            return _from_spec(name, spec, num_cores, resolved_from="host")
+        if _SPECS[name].features <= have:
+            return name
     raise TargetError(
-        f"this {arch} CPU lacks the features of every {arch} preset (host has: "
+        f"this {arch} CPU lacks the features of every {arch} preset (it has: "
         f"{', '.join(sorted(have)) or 'none detected'}); pick a preset explicitly: "
         f"{', '.join(candidates)}"
     )
@@ -393,7 +403,9 @@ def parse_cpuinfo_features(text: str) -> frozenset[str] | None:
     return None
 
 
-def canonical_features(names: Iterable[str], table: Mapping[str, str] | None = None) -> frozenset[str]:
+def canonical_features(
+    names: Iterable[str], table: Mapping[str, str] | None = None
+) -> frozenset[str]:
     """Map raw feature names (cpuinfo flags via `table`, or LLVM names) into the vocabulary."""
     out: set[str] = set()
     for raw in names:

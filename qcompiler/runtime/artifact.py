@@ -94,9 +94,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not mpath.is_file():
         raise ArtifactError(f"{root} is not a qcompiler artifact: {mf.MANIFEST_FILE} is missing")
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        manifest: Any = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"cannot read {mpath}: {e}") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{mpath} must hold a JSON object, got {type(manifest).__name__}")
     mf.check_header(manifest)
     mf.parse_signature(manifest)
     return manifest
@@ -143,7 +145,9 @@ def _verify_files(root: Path, manifest: Mapping[str, Any]) -> Path:
     for name, meta in files.items():
         fpath = root / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise ArtifactError(f"artifact {root}: file name {name!r} leaves the artifact directory")
+            raise ArtifactError(
+                f"artifact {root}: file name {name!r} leaves the artifact directory"
+            )
         if not isinstance(meta, Mapping) or not isinstance(meta.get("sha256"), str):
             raise ArtifactError(f"artifact {root}: manifest entry for {name} has no sha256")
         if not fpath.is_file():
@@ -196,7 +200,8 @@ def _qcompiler_version() -> str:
     if isinstance(version, str):
         return version
     try:
-        from importlib.metadata import PackageNotFoundError, version as dist_version
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as dist_version
     except ImportError:
         return "unknown"
     try:

@@ -256,7 +256,9 @@ class CompiledModule:
         takes at least `min_repeat_ms`). Input conversion is outside the timed loop.
         """
         if number < 1 or repeat < 1:
-            raise QCompilerError(f"benchmark needs number >= 1 and repeat >= 1, got {number}, {repeat}")
+            raise QCompilerError(
+                f"benchmark needs number >= 1 and repeat >= 1, got {number}, {repeat}"
+            )
         arrays, _ = self._convert_inputs(inputs)
         vm = self._get_vm()
         args = [tvm.runtime.tensor(a, self._device) for a in arrays]
@@ -466,8 +468,7 @@ def _check_numpy(value: Any, io: IOInfo) -> np.ndarray:
         )
     if value.dtype != np.dtype(io.dtype):
         raise InputError(
-            f"input {io.name!r}: expected dtype {io.dtype}, got {value.dtype}"
-            + _dtype_hint(io)
+            f"input {io.name!r}: expected dtype {io.dtype}, got {value.dtype}" + _dtype_hint(io)
         )
     if tuple(value.shape) != io.shape:
         raise InputError(
@@ -541,10 +542,16 @@ def _check_torch_qparams(t: Any, io: IOInfo) -> None:
         math.isclose(a, b, rel_tol=_SCALE_RTOL) for a, b in zip(scales, q.scale, strict=True)
     )
     if not same_scale or tuple(zps) != q.zero_point:
-        got = f"scale={scales[0]!r}, zero_point={zps[0]}" if q.axis is None else (
-            f"scales={scales}, zero_points={zps}"
+        got = (
+            f"scale={scales[0]!r}, zero_point={zps[0]}"
+            if q.axis is None
+            else (f"scales={scales}, zero_points={zps}")
         )
-        want = str(q) if q.axis is None else f"scales={list(q.scale)}, zero_points={list(q.zero_point)}"
+        want = (
+            str(q)
+            if q.axis is None
+            else f"scales={list(q.scale)}, zero_points={list(q.zero_point)}"
+        )
         raise InputError(
             f"input {io.name!r}: quantized tensor has {got}, but the model was compiled for "
             f"{want}; requantize it (torch.quantize_per_tensor(x.dequantize(), ...))"
@@ -566,4 +573,3 @@ def _numpy_to_torch(a: np.ndarray, io: IOInfo) -> Any:
         torch.tensor(q.zero_point, dtype=torch.int64),
         q.axis,
     )
-
