@@ -28,36 +28,72 @@ def f32_inverse(scale: float) -> np.float32:
     return F32(1.0) / F32(scale)
 
 
-def round_f32_to_i64(x: np.ndarray) -> np.ndarray:
-    """nearbyint on float32 values, widened to int64 (x is finite and |x| < 2**62)."""
-    return np.rint(x).astype(np.int64)
+def fma_f32(a: np.ndarray, b: np.float32, c: float) -> np.ndarray:
+    """float32 fused multiply-add a*b + c with one rounding (emulated in extended precision).
+
+    a*b of two float32 values is exact in the 64-bit long double mantissa; adding c and
+    rounding to float32 then matches a hardware FMA except in double-rounding corner cases
+    far below one LSB of any quantized output.
+    """
+    ld = np.longdouble
+    return (np.asarray(a, dtype=F32).astype(ld) * ld(b) + ld(c)).astype(F32)
+
+
+def q_fbgemm(x: np.ndarray, scale: float, zero_point: int, dtype: DType) -> np.ndarray:
+    """fbgemm's Quantize: clamp(rint(fma(x, 1f/scale, zp))). NaN -> qmax, +-inf saturate.
+
+    Used by torch.quantize_per_tensor for quint8/qint8 (vector and tail alike).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = fma_f32(x, f32_inverse(scale), float(zero_point))
+    t = np.where(np.isnan(t), np.float32(dtype.qmax), t)
+    return saturate(np.rint(np.clip(t, -(2.0**62), 2.0**62)).astype(np.int64), dtype)
+
+
+def q_val(x: np.ndarray, inv_scale: np.ndarray | np.float32, zero_point: np.ndarray | int,
+          dtype: DType) -> np.ndarray:
+    """PyTorch's scalar quantize_val: clamp(rint(f32(zp) + f32(x * inv))). NaN -> qmin.
+
+    Used by scalar (tail) kernels, quantize_per_channel, qint32 quantize_per_tensor, and
+    clamp bounds. The clamp happens in float64, so f32(2**31-1) rounding up cannot wrap.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = (np.asarray(x, dtype=F32) * np.asarray(inv_scale, dtype=F32)).astype(F32)
+        t = (np.asarray(zero_point, dtype=F32) + t).astype(F32)
+    r = np.rint(t.astype(np.float64))
+    r = np.where(np.isnan(r), float(dtype.qmin), r)
+    return np.clip(r, dtype.qmin, dtype.qmax).astype(np.int64).astype(dtype.np)
+
+
+def q_vec(x: np.ndarray, inv_scale: np.ndarray | np.float32, zero_point: np.ndarray | int,
+          dtype: DType) -> np.ndarray:
+    """PyTorch's vectorized quantize: clamp(zp + rint(f32(x * inv))). NaN -> qmin.
+
+    Used by the vector bodies of elementwise kernels (the bulk of the elements).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = (np.asarray(x, dtype=F32) * np.asarray(inv_scale, dtype=F32)).astype(F32)
+    r = np.rint(np.clip(t.astype(np.float64), -(2.0**62), 2.0**62))
+    r = np.where(np.isnan(r), float(dtype.qmin) - 2.0**40, r)
+    return saturate(r.astype(np.int64) + np.asarray(zero_point, dtype=np.int64), dtype)
 
 
 def quantize_per_tensor(x: np.ndarray, scale: float, zero_point: int, dtype: DType) -> np.ndarray:
-    """torch.quantize_per_tensor: clamp(zp + rint(x_f32 * (1.0f / scale_f32)), qmin, qmax).
-
-    Values beyond the int range (and inf) saturate; NaN becomes the zero point's neighbour as
-    in PyTorch's cvtps path (documented as undefined: callers should not quantize NaN).
-    """
-    x = np.asarray(x, dtype=F32)
-    with np.errstate(over="ignore", invalid="ignore"):
-        t = x * f32_inverse(scale)
-    t = np.clip(np.nan_to_num(t, nan=0.0), -(2.0**62), 2.0**62)
-    return saturate(round_f32_to_i64(t) + int(zero_point), dtype)
+    """torch.quantize_per_tensor: q_fbgemm for quint8/qint8, q_val for qint32."""
+    if dtype.bits == 32:
+        return q_val(x, f32_inverse(scale), int(zero_point), dtype)
+    return q_fbgemm(x, scale, zero_point, dtype)
 
 
 def quantize_per_channel(x: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, axis: int,
                          dtype: DType) -> np.ndarray:
-    """torch.quantize_per_channel, element-wise as `quantize_per_tensor` with per-axis qparams."""
+    """torch.quantize_per_channel: q_val per channel with inv = 1f / f32(scale_c)."""
     x = np.asarray(x, dtype=F32)
     shape = [1] * x.ndim
     shape[axis] = -1
     inv = (F32(1.0) / np.asarray(scales, dtype=F32)).reshape(shape)
     zp = np.asarray(zero_points, dtype=np.int64).reshape(shape)
-    with np.errstate(over="ignore", invalid="ignore"):
-        t = x * inv
-    t = np.clip(np.nan_to_num(t, nan=0.0), -(2.0**62), 2.0**62)
-    return saturate(round_f32_to_i64(t) + zp, dtype)
+    return q_val(x, inv, zp, dtype)
 
 
 def quantize(x: np.ndarray, ty: TensorType) -> np.ndarray:
@@ -96,10 +132,7 @@ def dequantize(q: np.ndarray, qp: QParams) -> np.ndarray:
     return ((q.astype(np.float64) - z) * s).astype(F32)
 
 
-def requantize_f32(values: np.ndarray, inv_out_scale: np.float32, out_zp: int,
-                   dtype: DType) -> np.ndarray:
-    """rint(values_f32 * inv_out_scale_f32) + zp, saturated. The common float32 epilogue."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        t = np.asarray(values, dtype=F32) * F32(inv_out_scale)
-    t = np.clip(np.nan_to_num(t, nan=0.0), -(2.0**62), 2.0**62)
-    return saturate(round_f32_to_i64(t) + int(out_zp), dtype)
+def dequantize_fma(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Vectorized dequantize: fma(q, s, -(zp * s)) in float32 (the vector bodies' D_fma)."""
+    s = F32(scale)
+    return fma_f32(q.astype(F32), s, float(F32(-(F32(zero_point) * s))))
