@@ -1,3 +1,4 @@
 """Op definitions, one module per family. Importing this package registers them all."""
 
 from qcompiler.ops import quant  # noqa: F401
+from qcompiler.ops import float_ops  # noqa: F401
