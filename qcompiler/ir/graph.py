@@ -126,7 +126,7 @@ class Graph:
         """Add a `const` node holding `data` (stored under a unique name) and return its value."""
         from qcompiler.ir.registry import ConstAttrs
 
-        data = np.ascontiguousarray(data)
+        data = np.array(data, order="C")
         type.check_array(data, f"constant {name!r}")
         key = self.unique_constant_name(name)
         self.constants[key] = data

@@ -335,7 +335,7 @@ class _Parser:
             raise self.t.error("a const has one result")
         from qcompiler.ir.registry import ConstAttrs
 
-        g.constants[key] = np.ascontiguousarray(data)
+        g.constants[key] = np.array(data, order="C")
         ty.check_array(g.constants[key], f"constant {key!r}")
         node = g.create_node("const", [], ConstAttrs(key), [ty], loc, names)
         self.define(names[0], node.output)

@@ -43,8 +43,9 @@ def diff(ours: np.ndarray, theirs: np.ndarray) -> Diff:
         return Diff(float(bad.any()), int(bad.sum()), ours.size)
     a = ours.astype(np.float64)
     b = theirs.astype(np.float64)
-    both_nan = np.isnan(a) & np.isnan(b)
-    d = np.where(both_nan, 0.0, np.abs(a - b))
+    same = (a == b) | (np.isnan(a) & np.isnan(b))  # equal infinities and NaNs agree
+    with np.errstate(invalid="ignore"):
+        d = np.where(same, 0.0, np.abs(a - b))
     d = np.nan_to_num(d, nan=np.inf)
     bad = d != 0
     return Diff(float(d.max()) if d.size else 0.0, int(bad.sum()), ours.size)
