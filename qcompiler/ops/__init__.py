@@ -2,3 +2,4 @@
 
 from qcompiler.ops import quant  # noqa: F401
 from qcompiler.ops import float_ops  # noqa: F401
+from qcompiler.ops import conv  # noqa: F401
