@@ -78,7 +78,8 @@ class ImportContext:
         self.gm = gm
         self.b = builder
         self.node: Any = None
-        self._const_cache: dict[int, Value] = {}
+        self._const_cache: dict[int, tuple[Any, Value]] = {}
+        """id(tensor) -> (tensor, value); holding the tensor keeps its id from being reused."""
 
     @property
     def loc(self) -> str:
@@ -96,10 +97,10 @@ class ImportContext:
         """An IR constant holding a torch tensor (quantized ones keep their qparams)."""
         key = id(t)
         if key in self._const_cache:
-            return self._const_cache[key]
+            return self._const_cache[key][1]
         v = self.b.const(torch_storage(t), torch_tensor_type(t), name or self.node.name,
                          loc=self.loc)
-        self._const_cache[key] = v
+        self._const_cache[key] = (t, v)
         return v
 
     def value(self, x: Any, name: str | None = None) -> Value:

@@ -160,3 +160,74 @@ def _register_all() -> None:
         return x
 
     method("contiguous", "detach")(identity)
+
+    for register in EXTRA_REGISTRATIONS:
+        register()
+
+
+# --- convolutions ---------------------------------------------------------------------------
+
+def conv(ctx: Any, op: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any,
+         dilation: Any, groups: int, scale: Any, zero_point: Any, padding_mode: str = "zeros",
+         residual: Any = None) -> Value:
+    """Emit qnn.conv{1,2,3}d[_relu|_add|_add_relu] with constant weight and float bias."""
+    from qcompiler.ops.conv import ConvAttrs
+
+    attrs = ConvAttrs(QParams.per_tensor(float(scalar(scale)), int(scalar(zero_point))),
+                      stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                      groups=int(groups), padding_mode=str(padding_mode))
+    inputs = [ctx.value(x), ctx.const(weight, f"{ctx.node.name}_weight")]
+    if bias is not None:
+        inputs.append(ctx.const(bias.detach().float(), f"{ctx.node.name}_bias"))
+    if residual is not None:
+        inputs.append(ctx.value(residual))
+    return ctx.op(op, inputs, attrs)
+
+
+def conv_module(op: str) -> Handler:
+    def handler(ctx: Any, mod: Any, x: Any, residual: Any = None) -> Value:
+        if isinstance(mod.padding, str):
+            raise ctx.unsupported(f"string padding {mod.padding!r} in {type(mod).__name__}",
+                                  ["integer padding"])
+        return conv(ctx, op, x, mod.weight(), mod.bias(), mod.stride, mod.padding,
+                    mod.dilation, mod.groups, mod.scale, mod.zero_point, mod.padding_mode,
+                    residual)
+    return handler
+
+
+def conv_packed(op: str, with_residual: bool = False) -> Handler:
+    """torch.ops.quantized.convNd[_relu](x, packed, scale, zp) and conv2d_add(x, e, packed, ...)."""
+    def handler(ctx: Any, x: Any, *args: Any) -> Value:
+        residual = None
+        if with_residual:
+            residual, *args = args  # type: ignore[assignment]
+        packed, scale, zero_point = args[0], args[1], args[2]
+        w, b = packed.unpack()
+        return conv(ctx, op, x, w, b, packed.stride(), packed.padding(), packed.dilation(),
+                    packed.groups(), scale, zero_point, residual=residual)
+    return handler
+
+
+def _register_conv() -> None:
+    import torch
+    import torch.ao.nn.intrinsic.quantized as nniq
+    import torch.ao.nn.quantized as nnq
+
+    q = torch.ops.quantized
+    module(nnq.Conv1d)(conv_module("qnn.conv1d"))
+    module(nnq.Conv2d)(conv_module("qnn.conv2d"))
+    module(nnq.Conv3d)(conv_module("qnn.conv3d"))
+    module(nniq.ConvReLU1d)(conv_module("qnn.conv1d_relu"))
+    module(nniq.ConvReLU2d)(conv_module("qnn.conv2d_relu"))
+    module(nniq.ConvReLU3d)(conv_module("qnn.conv3d_relu"))
+    module(nniq.ConvAdd2d)(conv_module("qnn.conv2d_add"))
+    module(nniq.ConvAddReLU2d)(conv_module("qnn.conv2d_add_relu"))
+    for name, op in [("conv1d", "qnn.conv1d"), ("conv2d", "qnn.conv2d"),
+                     ("conv3d", "qnn.conv3d"), ("conv1d_relu", "qnn.conv1d_relu"),
+                     ("conv2d_relu", "qnn.conv2d_relu"), ("conv3d_relu", "qnn.conv3d_relu")]:
+        function(getattr(q, name))(conv_packed(op))
+    function(q.conv2d_add)(conv_packed("qnn.conv2d_add", with_residual=True))
+    function(q.conv2d_add_relu)(conv_packed("qnn.conv2d_add_relu", with_residual=True))
+
+
+EXTRA_REGISTRATIONS: list[Callable[[], None]] = [_register_conv]
