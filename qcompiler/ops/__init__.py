@@ -5,3 +5,5 @@ from qcompiler.ops import float_ops  # noqa: F401
 from qcompiler.ops import conv  # noqa: F401
 from qcompiler.ops import dynamic  # noqa: F401
 from qcompiler.ops import fake_quant  # noqa: F401
+from qcompiler.ops import linear  # noqa: F401
+from qcompiler.ops import conv_transpose  # noqa: F401
