@@ -7,3 +7,5 @@ from qcompiler.ops import dynamic  # noqa: F401
 from qcompiler.ops import fake_quant  # noqa: F401
 from qcompiler.ops import linear  # noqa: F401
 from qcompiler.ops import conv_transpose  # noqa: F401
+from qcompiler.ops import norm  # noqa: F401
+from qcompiler.ops import embedding  # noqa: F401
