@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +55,13 @@ class Quantize(OpDef):
     def reference(self, sig: Sig, x: np.ndarray) -> np.ndarray:
         return qm.quantize(x, sig.out)
 
+    def lower(self, sig: Sig, x: Any) -> Any:
+        from qcompiler.lowering import te_lib
+
+        qp = sig.out.qparams
+        assert qp is not None
+        return te_lib.quantize(x, qp, sig.out.dtype, name="quantize")
+
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         for dtype in (u8, i8, i32):
             for scale in S.EDGE_SCALES:
@@ -103,6 +111,13 @@ class Dequantize(OpDef):
         assert qp is not None
         return qm.dequantize(q, qp)
 
+    def lower(self, sig: Sig, q: Any) -> Any:
+        from qcompiler.lowering import te_lib
+
+        qp = sig.in_types[0].qparams
+        assert qp is not None
+        return te_lib.dequantize(q, qp, name="dequantize")
+
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         for dtype in (u8, i8, i32):
             for scale in S.EDGE_SCALES:
@@ -142,6 +157,13 @@ class Requantize(OpDef):
         qp = sig.in_types[0].qparams
         assert qp is not None
         return qm.quantize(qm.dequantize(q, qp), sig.out)
+
+    def lower(self, sig: Sig, q: Any) -> Any:
+        from qcompiler.lowering import te_lib
+
+        in_qp, out_qp = sig.in_types[0].qparams, sig.out.qparams
+        assert in_qp is not None and out_qp is not None
+        return te_lib.requantize(q, in_qp, out_qp, sig.out.dtype, name="requantize")
 
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         for src, dst in ((u8, u8), (u8, i8), (i8, u8), (i32, u8), (i8, i32)):

@@ -474,7 +474,7 @@ def _check_numpy(value: Any, io: IOInfo) -> np.ndarray:
         raise InputError(
             f"input {io.name!r}: expected shape {list(io.shape)}, got {list(value.shape)}"
         )
-    return np.ascontiguousarray(value)
+    return np.asarray(value, order="C")  # ascontiguousarray would make a 0-d input 1-d
 
 
 def _dtype_hint(io: IOInfo) -> str:
@@ -561,7 +561,7 @@ def _check_torch_qparams(t: Any, io: IOInfo) -> None:
 def _numpy_to_torch(a: np.ndarray, io: IOInfo) -> Any:
     import torch  # already imported: a torch tensor came in
 
-    t = torch.from_numpy(np.ascontiguousarray(a))
+    t = torch.from_numpy(np.asarray(a, order="C"))
     q = io.qparams
     if io.qdtype is None or q is None:
         return t
