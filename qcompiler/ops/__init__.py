@@ -9,5 +9,8 @@ from qcompiler.ops import linear  # noqa: F401
 from qcompiler.ops import conv_transpose  # noqa: F401
 from qcompiler.ops import norm  # noqa: F401
 from qcompiler.ops import embedding  # noqa: F401
+from qcompiler.ops import elementwise  # noqa: F401
+from qcompiler.ops import activation  # noqa: F401
+from qcompiler.ops import pool  # noqa: F401
 from qcompiler.ops import shape  # noqa: F401
 from qcompiler.ops import tensor  # noqa: F401
