@@ -113,6 +113,28 @@ class FakeQuantizePerTensor(OpDef):
         q = np.fmin(np.fmax(v.astype(np.float64), a.quant_min), a.quant_max).astype(np.int64)
         return ((q - a.zero_point).astype(F32) * scale).astype(F32)
 
+    def lower(self, sig: Sig, x: Any) -> Any:
+        """The reference step for step: the product rounded (fenced) before the float32 add,
+        the clamp in float64 (fmax/fmin: NaN -> quant_min), int64 q - zp, float32 multiply."""
+        from qcompiler.lowering import te_lib
+        from qcompiler.lowering.tvm_compat import te, tirx
+
+        a: FakeQuantPerTensorAttrs = sig.attrs
+        scale = F32(a.scale)
+        inv = te_lib.f32_const(F32(1.0) / scale)
+        zp_f = te_lib.f32_const(F32(a.zero_point))
+        lo = te.const(float(a.quant_min), "float64")
+        hi = te.const(float(a.quant_max), "float64")
+
+        def fn(i: Any) -> Any:
+            v = zp_f + te_lib.round_half_even(te_lib.fence(x[i] * inv))
+            d = v.astype("float64")
+            d = tirx.Select(te.isnan(d), lo, te.min(te.max(d, lo), hi))
+            q = d.astype("int64") - te.const(a.zero_point, "int64")
+            return te_lib.fence(q.astype("float32") * te_lib.f32_const(scale))
+
+        return te_lib.elementwise(sig.out.shape, fn, "fake_quantize_per_tensor_affine")
+
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         A = FakeQuantPerTensorAttrs
         for k, (qmin, qmax) in enumerate(_RANGES):
@@ -190,6 +212,33 @@ class FakeQuantizePerChannel(OpDef):
         vi = np.where(np.isfinite(v), v.astype(np.float64), -(2.0**63))
         q = np.fmin(np.fmax(vi, float(a.quant_min)), float(a.quant_max))
         return ((q - zp.astype(np.float64)) * scale.astype(np.float64)).astype(F32)
+
+    def lower(self, sig: Sig, x: Any) -> Any:
+        """The reference step for step: per-channel float32 inverse scales and zero points
+        (constant tensors), the product fenced before the float32 add, non-finite v -> -2**63
+        (then quant_min), the clamp and (q - zp) * scale in float64, rounded once."""
+        from qcompiler.lowering import te_lib
+        from qcompiler.lowering.tvm_compat import te, tirx
+
+        a: FakeQuantPerChannelAttrs = sig.attrs
+        scale = np.asarray(a.scales, dtype=np.float64).astype(F32)
+        inv_t = te_lib.constant((F32(1.0) / scale).astype(F32), "fq_inv_scale")
+        zpf_t = te_lib.constant(np.asarray(a.zero_points, dtype=np.int64).astype(F32),
+                                "fq_zero_point_f32")
+        zpd_t = te_lib.constant(np.asarray(a.zero_points, dtype=np.float64), "fq_zero_point")
+        sd_t = te_lib.constant(scale.astype(np.float64), "fq_scale")
+        lo = te.const(float(a.quant_min), "float64")
+        hi = te.const(float(a.quant_max), "float64")
+        int64_min = te.const(-(2.0**63), "float64")
+
+        def fn(i: Any) -> Any:
+            c = i[a.axis]
+            v = zpf_t[c] + te_lib.round_half_even(te_lib.fence(x[i] * inv_t[c]))
+            d = tirx.Select(te.isfinite(v), v.astype("float64"), int64_min)
+            q = te.min(te.max(d, lo), hi)
+            return te_lib.fence(((q - zpd_t[c]) * sd_t[c]).astype("float32"))
+
+        return te_lib.elementwise(sig.out.shape, fn, "fake_quantize_per_channel_affine")
 
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         A = FakeQuantPerChannelAttrs
