@@ -17,7 +17,7 @@ def to_torch(arr: np.ndarray, ty: TensorType) -> Any:
     """A torch tensor holding `arr`: quantized (per-tensor or per-channel) when `ty` is."""
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(arr).copy())
+    t = torch.from_numpy(np.array(arr, order="C", copy=True))
     qp = ty.qparams
     if qp is None:
         return t
