@@ -31,7 +31,6 @@ import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from qcompiler.errors import UnsupportedError
 from qcompiler.ir.graph import Value
 from qcompiler.ir.types import DType, QParams, TensorType, f32, i8, i32, u8
 
@@ -132,8 +131,10 @@ def per_axis_qparams(scales: Any, zero_points: Any, axis: int) -> QParams:
     return QParams.per_axis(s, z, int(axis), scheme)
 
 
-def quantized_const(ctx: Any, storage: Any, dtype: DType, qp: QParams) -> Value:
-    """An IR constant of quantized storage (a plain integer torch tensor) with qparams."""
+def quantized_const(ctx: Any, storage: Any, dtype: DType, qp: QParams, name: str | None = None,
+                    ) -> Value:
+    """An IR constant of quantized storage (a plain integer torch tensor) with qparams, named
+    `name` (default: the node's name + "_q", for the storage a dequantize reads)."""
     from qcompiler.frontends.torch_fx import torch_storage
 
     data = torch_storage(storage)
@@ -141,7 +142,7 @@ def quantized_const(ctx: Any, storage: Any, dtype: DType, qp: QParams) -> Value:
         raise ctx.unsupported(f"quantized constant has storage dtype {data.dtype}, the"
                               f" dequantize says {dtype.storage}")
     ty = TensorType(tuple(data.shape), dtype, qp)
-    return ctx.b.const(data, ty, f"{ctx.node.name}_q", loc=ctx.loc)
+    return ctx.b.const(data, ty, name or f"{ctx.node.name}_q", loc=ctx.loc)
 
 
 def narrow_range(ctx: Any, q: Value, qmin: int, qmax: int) -> Value:
@@ -210,7 +211,7 @@ def _register_all() -> None:
         qp = QParams.per_tensor(s, z)
         if is_tensor(x):  # a constant: evaluate with PyTorch's own op, exactly
             t = qd.quantize_per_tensor.default(x.detach().float(), s, z, lo, hi, dtype)
-            return quantized_const(ctx, t, d, qp)
+            return quantized_const(ctx, t, d, qp, ctx.node.name)
         if (lo, hi) == (d.qmin, d.qmax):
             return ctx.op("quantize", [ctx.value(x)], QuantizeAttrs(d, qp))
         # the full-range quantize gets a derived name; the clamp is what PyTorch's node computes
@@ -243,7 +244,7 @@ def _register_all() -> None:
         if is_tensor(x):
             t = qd.quantize_per_channel.default(x.detach().float(), scales, zero_points, axis,
                                                 qmin, qmax, dtype)
-            return quantized_const(ctx, t, d, qp)
+            return quantized_const(ctx, t, d, qp, ctx.node.name)
         if (qmin, qmax) != (d.qmin, d.qmax):
             raise ctx.unsupported(f"per-channel quantize of an activation to [{qmin}, {qmax}]",
                                   [f"the full {d} range"])

@@ -14,3 +14,4 @@ from qcompiler.ops import activation  # noqa: F401
 from qcompiler.ops import pool  # noqa: F401
 from qcompiler.ops import shape  # noqa: F401
 from qcompiler.ops import tensor  # noqa: F401
+from qcompiler.ops import float_pool  # noqa: F401
