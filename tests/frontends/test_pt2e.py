@@ -246,6 +246,28 @@ def test_exported_program_lifts_parameters_and_names_constants():
     assert cmp.max_lsb <= 1
 
 
+def test_core_aten_decomposition():
+    """run_decompositions(): convolution, addmm(b, x, permute(w)), max_pool2d_with_indices +
+    getitem, mean.dim, view."""
+    gm = converted("resblock")
+    x = MODELS["resblock"][1]
+    ep = torch.export.export(gm, x).run_decompositions()
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert {"aten.addmm.default", "aten.convolution.default",
+            "aten.max_pool2d_with_indices.default", "aten.mean.dim"} <= targets
+    g = import_exported_graph(ep, x)
+    res = FuseQdq().apply(g)
+    verify(g)
+    cmp = compare_with_torch(g, ep.module(), x)
+    print(f"\ncore aten: {cmp.summary()}")
+    assert cmp.max_lsb <= 1 and not cmp.missing
+    ops = g.op_counts()
+    assert ops["qnn.conv2d_add_relu"] == 1 and ops["qnn.max_pool2d"] == 1
+    assert "transpose" not in ops and "permute" not in ops  # addmm(b, x, w.t()) is f.linear
+    assert [r.op for r in res.report if r.op == "f.linear"] == ["f.linear"]
+    _check_float_out(cmp.outputs[0], _torch_out(gm, x))
+
+
 def test_unfolded_weights_are_quantized_at_import():
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
