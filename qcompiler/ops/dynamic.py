@@ -503,6 +503,19 @@ class LinearDynamic(OpDef):
         lin = _Linear(w, b, sig.in_types[1])
         return lin(x, sig.attrs.reduce_range, sig.attrs.fuse_relu)
 
+    def lower(self, sig: Sig, x: Any, w: Any, b: Any = None) -> Any:
+        """TE stages (block names), each the reference's step:
+
+            {name}_qparams           min(x), max(x) over the whole tensor, then
+                                     [scale, 1f/scale, f32(zp)] = choose_dynamic_qparams
+                                     (a te.extern: serial loops and scalar code, once per call)
+            {name}_xq                clamp(rint(fma(x, 1f/s_x, zp)), 0, 255) - zp   (int16)
+            {name}_wz                w - z_w[n] (int16; only when a zero point is not 0)
+            {name}_acc               sum_k xq * wz in int32 (int64 + wrap when it may overflow)
+            qnn_linear_dynamic       fma(f32(acc), f32(s_x * s_w[n]), bias[n]) [relu]
+        """
+        return _linear_int8_te(sig, x, w, b, sig.attrs.reduce_range, sig.attrs.fuse_relu)
+
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         A = LinearDynamicAttrs
         cases = [  # (x shape, N, per_channel, symmetric, bias, attrs, x scale, label)
@@ -592,6 +605,13 @@ class LinearDynamicFp16(OpDef):
     def reference(self, sig: Sig, x: np.ndarray, w: np.ndarray,
                   b: np.ndarray | None = None) -> np.ndarray:
         return linear_fp16(x, w, b, sig.attrs.fuse_relu)
+
+    def lower(self, sig: Sig, x: Any, w: Any, b: Any = None) -> Any:
+        """TE stages: {name}_acc, the float32 FMA chain over k as a reduction with an `llvm.fma`
+        combiner (identity -0.0, so the first step is the plain product); for K > 512 the last
+        N % 32 columns as per-512-block chains ({name}_part) summed in block order
+        ({name}_tail); then qnn_linear_dynamic_fp16 = acc + bias (float32 add) [relu]."""
+        return _linear_fp16_te(sig, x, w, b, sig.attrs.fuse_relu)
 
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         A = LinearDynamicFp16Attrs
@@ -810,6 +830,12 @@ class _RNNBase(OpDef):
             outs.append(np.stack(c_n))
         return tuple(outs)
 
+    def lower(self, sig: Sig, *tensors: Any) -> Any:
+        """One te.extern running the reference's loops in TIR (`_lower_rnn`): per layer and
+        direction the input linear over all T*B rows, then per step the hidden linear and the
+        gate math (bit-exact SLEEF/glibc sigmoid, libm float64 tanh rounded to float32)."""
+        return _lower_rnn(self, sig, tensors)
+
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         A = RNNAttrs
         cases = [  # (T, B, I, attrs, weights, with state, per-channel, label)
@@ -1010,6 +1036,11 @@ class _CellBase(OpDef):
                           True)
         return (h, c) if self.mode == "lstm" else h
 
+    def lower(self, sig: Sig, *tensors: Any) -> Any:
+        """One te.extern: the input linear, the hidden linear and one step of gate math in
+        TIR, as the reference (`_lower_cell`)."""
+        return _lower_cell(self, sig, tensors)
+
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         cases = [  # (B, I, H, weights, with state, per-channel, nonlinearity, label)
             (2, 3, 4, "i8", True, False, "tanh", "basic"),
@@ -1119,3 +1150,832 @@ class RNNCell(_CellBase):
                           "quantized::quantized_rnn_tanh_cell_dynamic",
                           "quantized::quantized_rnn_relu_cell_dynamic")
     fidelity_note = _RNN_FIDELITY
+
+
+# --- lowering helpers: TIR twins of the float emulations above (TVM imported lazily) ---------
+# Every helper takes and returns TIR expressions and rounds exactly as its numpy twin, step
+# for step: products the twin rounds before an add are fenced (te_lib.fence), its fused steps
+# use llvm.fma (te_lib.fma), float64 steps stay float64.
+#
+# Helpers that reuse an intermediate value take a `bind(expr) -> expr` that evaluates it once:
+# inside a TIR body built with the TVMScript IRBuilder (the RNN kernels) that is `_tir_bind`,
+# a scalar local; in a TE expression it is the identity (the value is re-emitted per use).
+# NOTE: nested `tirx.Let` expressions are NOT a substitute: TVM 0.27's lowering passes expand
+# them (a 10-deep Let chain made every pass take ~0.2 s and the LLVM IR 20x larger), and a
+# float `T.bind` (Bind statement) crashes StmtSimplify ("IntImm supports only int or uint or
+# bool type, but float32 was supplied"). One-element local buffers have neither problem.
+
+Bind = Any
+"""A `bind(expr) -> expr` callable (see above)."""
+
+
+def _same(v: Any) -> Any:
+    return v
+
+
+def _tir_bind(value: Any) -> Any:
+    """Evaluate `value` once into a scalar local of the current IRBuilder frame; its load."""
+    from tvm.script.ir_builder import tirx as T
+
+    from qcompiler.lowering.tvm_compat import expr_dtype
+
+    buf = T.alloc_buffer((1,), expr_dtype(value))
+    T.buffer_store(buf, value, [0])
+    return buf[0]
+
+
+def _pow2_f32(n: Any) -> Any:
+    """float32 2**n for an int32 n in [-1022, 1023] (np.ldexp(F32(1), n)): exact in float64,
+    then one rounding to float32 (2**-150 -> 0, above 2**127 -> inf, as ldexpf)."""
+    from qcompiler.lowering.tvm_compat import te, tirx
+
+    bits = tirx.shift_left((n + 1023).astype("int64"), te.const(52, "int64"))
+    return tirx.reinterpret("float64", bits).astype("float32")
+
+
+def _expf_sleef_te(d: Any, bind: Bind = _same) -> Any:
+    """expf_sleef (SLEEF expf_u10, AVX512 + FMA) on a float32 expression, bit for bit."""
+    from qcompiler.lowering import te_lib
+    from qcompiler.lowering.tvm_compat import te, tirx
+
+    f32c = te_lib.f32_const
+    d = bind(d)
+    p = te_lib.fence(d * f32c(_SLEEF_R_LN2F))
+    r = te_lib.round_half_even(tirx.Select(te.isnan(p), f32c(0.0), p))
+    q = bind(te.max(te.min(r, f32c(300.0)), f32c(-300.0)).astype("int32"))
+    qf = q.astype("float32")
+    s = te_lib.fma(qf, f32c(-_SLEEF_L2UF), d)
+    s = bind(te_lib.fma(qf, f32c(-_SLEEF_L2LF), s))
+    u = f32c(_SLEEF_EXPF_POLY[0])
+    for coef in _SLEEF_EXPF_POLY[1:]:
+        u = te_lib.fma(u, s, f32c(coef))
+    u = f32c(1.0) + te_lib.fma(te_lib.fence(s * s), u, s)
+    q1 = tirx.shift_right(q, te.const(1, "int32"))
+    u = te_lib.fence(te_lib.fence(u) * _pow2_f32(q1))
+    u = te_lib.fence(u * _pow2_f32(q - q1))
+    u = tirx.Select(d < f32c(-104.0), f32c(0.0), u)
+    u = tirx.Select(d > f32c(100.0), te.const(float("inf"), "float32"), u)
+    return tirx.Select(te.isnan(d), d, u)
+
+
+def _expf_glibc_te(x: Any, table: Any, bind: Bind = _same) -> Any:
+    """expf_glibc (glibc 2.27+ expf) on a float32 expression, bit for bit.
+
+    `table(i)` gives entry i (an int64 expression in [0, 32)) of `_GLIBC_EXP2F_TAB` as uint64.
+    """
+    from qcompiler.lowering import te_lib
+    from qcompiler.lowering.tvm_compat import te, tirx
+
+    f64c = te_lib.f64_const
+    fence = te_lib.fence
+    x = bind(x)
+    xd = x.astype("float64")
+    xd = tirx.Select(te.isnan(xd), f64c(0.0), xd)
+    xd = bind(te.max(te.min(xd, f64c(200.0)), f64c(-200.0)))
+    # NOTE: kd is fenced: TVM's simplifier folds (a + SHIFT) - SHIFT to a, which would undo
+    # the rounding to an integer multiple of 1/32 that the SHIFT trick performs
+    kd = bind(fence(fence(f64c(_GLIBC_INVLN2N) * xd) + f64c(_GLIBC_SHIFT)))
+    ki = bind(tirx.reinterpret("uint64", kd))
+    r = bind(fence(f64c(_GLIBC_INVLN2N) * xd) - (kd - f64c(_GLIBC_SHIFT)))
+    idx = tirx.bitwise_and(ki, te.const(31, "uint64")).astype("int64")
+    t = table(idx) + tirx.shift_left(ki, te.const(47, "uint64"))
+    sc = tirx.reinterpret("float64", t)
+    z = fence(f64c(_GLIBC_POLY[0]) * r) + f64c(_GLIBC_POLY[1])
+    y = fence(f64c(_GLIBC_POLY[2]) * r) + f64c(1.0)
+    y = fence(fence(z) * fence(r * r)) + fence(y)
+    out = fence(fence(y) * sc).astype("float32")
+    out = tirx.Select(x > te_lib.f32_const(float.fromhex("0x1.62e42ep6")),
+                      te.const(float("inf"), "float32"), out)
+    out = tirx.Select(x < te_lib.f32_const(-float.fromhex("0x1.9fe368p6")),
+                      te_lib.f32_const(0.0), out)
+    return tirx.Select(te.isnan(x), x, out)
+
+
+def _glibc_table_value(idx: Any) -> Any:
+    """`_GLIBC_EXP2F_TAB[idx]` as a uint64 expression (a select chain on an int64 index), for
+    expressions without a table buffer at hand; TIR kernels load from `_emit_glibc_table`."""
+    from qcompiler.lowering.tvm_compat import te, tirx
+
+    out = te.const(int(_GLIBC_EXP2F_TAB[31]), "uint64")
+    for k in range(30, -1, -1):
+        out = tirx.Select(idx == te.const(k, "int64"),
+                          te.const(int(_GLIBC_EXP2F_TAB[k]), "uint64"), out)
+    return out
+
+
+def _emit_glibc_table() -> Any:
+    """A 32-entry uint64 local buffer holding `_GLIBC_EXP2F_TAB` (IRBuilder); its loader."""
+    from tvm.script.ir_builder import tirx as T
+
+    from qcompiler.lowering.tvm_compat import te
+
+    buf = T.alloc_buffer((32,), "uint64")
+    for k, v in enumerate(_GLIBC_EXP2F_TAB):
+        T.buffer_store(buf, te.const(int(v), "uint64"), [k])
+    return lambda idx: buf[idx]
+
+
+def _sigmoid_te(x: Any, vector_body: bool, table: Any = _glibc_table_value,
+                bind: Bind = _same) -> Any:
+    """sigmoid_f32 of one element: 1f / (1f + expf(-x)), with SLEEF's expf when `vector_body`
+    (the element is in the first 32 * (n // 32) of its row) and glibc's expf otherwise."""
+    from qcompiler.lowering import te_lib
+
+    one = te_lib.f32_const(1.0)
+    nx = -x
+    e = _expf_sleef_te(nx, bind) if vector_body else _expf_glibc_te(nx, table, bind)
+    return te_lib.fence(one / (one + e))
+
+
+def _tanh_te(x: Any) -> Any:
+    """tanh_f32: float64 tanh (libm) of a float32 expression, rounded once to float32.
+
+    NOTE: TVM's own `tirx.tanh` legalizes to (1 - exp(-2x)) / (1 + exp(-2x)), which cancels
+    badly near 0; libm's double tanh agrees with numpy's after rounding to float32 (0
+    differences in 9 M float32 inputs: random bit patterns, N(0, 3), N(0, 1e-3)).
+    """
+    from qcompiler.lowering.tvm_compat import tirx
+
+    return tirx.call_pure_extern("float64", "tanh", x.astype("float64")).astype("float32")
+
+
+def _dyn_qparams_te(x_min: Any, x_max: Any, reduce_range: bool,
+                    bind: Bind = _same) -> tuple[Any, Any, Any]:
+    """choose_dynamic_qparams on float32 min/max expressions, step for step (float32 where the
+    reference is float32, float64 where it is double).
+
+    Returns float32 expressions (scale, 1f / scale, float32(zero point)). With the identity
+    `bind` the expressions are large: evaluate them once per kernel (`_emit_dyn_qparams`).
+    """
+    from qcompiler.lowering import te_lib
+    from qcompiler.lowering.tvm_compat import te, tirx
+
+    qmin, qmax = (0, 127) if reduce_range else (0, 255)
+    span = qmax - qmin
+    f32c, f64c = te_lib.f32_const, te_lib.f64_const
+    thr = SMALL_SCALE_THRESHOLD
+    with np.errstate(over="ignore"):
+        mx_small = F32(thr * F32(span))
+        mn_small = F32(-thr * F32(span))
+    zero = f32c(0.0)
+
+    mn0 = bind(te.min(x_min, zero))
+    mx0 = bind(te.max(x_max, zero))
+    scale0 = bind((mx0.astype("float64") - mn0.astype("float64")) / f64c(float(span)))
+    s32 = bind(scale0.astype("float32"))
+    bad = tirx.Or(s32 == zero, te.isinf(te_lib.fence(f32c(1.0) / s32)))
+    scale1 = bind(tirx.Select(bad, f64c(0.1), scale0))
+    small = bind(scale1 < f64c(float(thr)))
+    amp = bind(te_lib.fence(f32c(thr) / scale1.astype("float32")))
+    mn_s = tirx.Select(mn0 == zero, mn0, tirx.Select(
+        mx0 == zero, f32c(mn_small), te_lib.fence(mn0 * amp)))
+    mx_s = tirx.Select(mn0 == zero, f32c(mx_small), tirx.Select(
+        mx0 == zero, mx0, te_lib.fence(mx0 * amp)))
+    mn = tirx.Select(small, mn_s, mn0)
+    mx = tirx.Select(small, mx_s, mx0)
+    scale = bind(tirx.Select(small, f64c(float(thr)), scale1))
+    dmn = bind(mn.astype("float64") / scale)
+    dmx = bind(mx.astype("float64") / scale)
+    err_min = f64c(abs(qmin)) - te.abs(dmn)
+    err_max = f64c(abs(qmax)) - te.abs(dmx)
+    initial = bind(tirx.Select(err_min < err_max, f64c(qmin) - dmn, f64c(qmax) - dmx))
+    zp = tirx.Select(initial < f64c(qmin), f64c(qmin), tirx.Select(
+        initial > f64c(qmax), f64c(qmax), te_lib.round_half_even(initial)))
+    zp = tirx.Select(te.isnan(initial), f64c(qmin), zp)  # (non-finite input: no UB cast)
+    scale_f = bind(scale.astype("float32"))
+    return scale_f, te_lib.fence(f32c(1.0) / scale_f), zp.astype("float32")
+
+
+def _quantize_act_te(x: Any, inv: Any, zp_f: Any) -> Any:
+    """quantize_activation minus the zero point: clamp(rint(fma(x, inv, zp)), 0, 255) - zp as
+    int32 (fbgemm's legacy quantize; NaN -> 0 as the reference's nan_to_num)."""
+    from qcompiler.lowering import te_lib
+    from qcompiler.lowering.tvm_compat import te, tirx
+
+    t = te_lib.round_half_even(te_lib.fma(x, inv, zp_f))
+    t = tirx.Select(te.isnan(t), te_lib.f32_const(0.0), t)
+    q = te.max(te.min(t, te_lib.f32_const(255.0)), te_lib.f32_const(0.0))
+    return q.astype("int32") - zp_f.astype("int32")
+
+
+def _relu_te(v: Any) -> Any:
+    """np.maximum(v, 0) on float32: NaN stays NaN, -0.0 stays -0.0."""
+    from qcompiler.lowering import te_lib
+    from qcompiler.lowering.tvm_compat import tirx
+
+    zero = te_lib.f32_const(0.0)
+    return tirx.Select(v < zero, zero, v)
+
+
+def _fp16_weight_te(w: Any) -> Any:
+    """A float16 weight as float32, saturated to +-65504 (PyTorch's prepack); NaN stays."""
+    from qcompiler.lowering import te_lib
+    from qcompiler.lowering.tvm_compat import tirx
+
+    v = w.astype("float32")
+    hi, lo = te_lib.f32_const(FP16_MAX), te_lib.f32_const(-FP16_MAX)
+    return tirx.Select(v > hi, hi, tirx.Select(v < lo, lo, v))
+
+
+def _ir_body(emit: Any) -> Any:
+    """The statement `emit()` builds with the TVMScript IRBuilder (for a `te.extern` body)."""
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T
+
+    with IRBuilder() as ib, T.prim_func():
+        emit()
+    return ib.get().body
+
+
+def _emit_loops(extents: Sequence[int]) -> Any:
+    """Nested serial loops over `extents` (IRBuilder); a context manager giving the vars."""
+    from contextlib import ExitStack, contextmanager
+
+    from tvm.script.ir_builder import tirx as T
+
+    @contextmanager
+    def loops() -> Iterator[tuple[Any, ...]]:
+        with ExitStack() as stack:
+            yield tuple(stack.enter_context(T.serial(0, int(e))) for e in extents)
+
+    return loops()
+
+
+def _emit_minmax(load: Any, extents: Sequence[int]) -> tuple[Any, Any]:
+    """min and max of `load(*idx)` over the index space `extents` (serial loops); loads."""
+    from tvm.script.ir_builder import tirx as T
+
+    from qcompiler.lowering.tvm_compat import te
+
+    first = load(*(te.const(0, "int32") for _ in extents))
+    mn = T.alloc_buffer((1,), "float32")
+    mx = T.alloc_buffer((1,), "float32")
+    T.buffer_store(mn, first, [0])
+    T.buffer_store(mx, first, [0])
+    with _emit_loops(extents) as idx:
+        v = _tir_bind(load(*idx))
+        T.buffer_store(mn, te.min(mn[0], v), [0])
+        T.buffer_store(mx, te.max(mx[0], v), [0])
+    return mn[0], mx[0]
+
+
+def _emit_dyn_qparams(load: Any, extents: Sequence[int], reduce_range: bool,
+                      ) -> tuple[Any, Any, Any]:
+    """min/max of the activation, then its qparams (scale, 1f/scale, f32(zp)) as scalars."""
+    mn, mx = _emit_minmax(load, extents)
+    s, inv, zp = _dyn_qparams_te(mn, mx, reduce_range, _tir_bind)
+    return _tir_bind(s), _tir_bind(inv), _tir_bind(zp)
+
+
+@dataclass(frozen=True)
+class _QWeight:
+    """Static facts of a qint8 weight [N, K]: float32 scales and int zero points per row."""
+
+    scales: np.ndarray
+    zps: np.ndarray
+
+    @staticmethod
+    def of(ty: TensorType) -> _QWeight:
+        qp = ty.qparams
+        assert qp is not None
+        n = ty.shape[0]
+        if qp.axis is None:
+            sc = np.full(n, F32(qp.scale_value), dtype=F32)
+            zp = np.full(n, int(qp.zp_value), dtype=np.int64)
+        else:
+            sc = np.asarray(qp.scale, dtype=F64).astype(F32)
+            zp = np.asarray(qp.zero_point, dtype=np.int64)
+        return _QWeight(sc, zp)
+
+    @property
+    def uniform_scale(self) -> bool:
+        return bool(np.all(self.scales.view(np.uint32) == self.scales.view(np.uint32)[0]))
+
+    @property
+    def uniform_zp(self) -> bool:
+        return bool(np.all(self.zps == self.zps[0]))
+
+    def max_abs_w(self) -> int:
+        """Bound of |w - z_w| over the int8 range."""
+        return int(np.max(np.maximum(127 - self.zps, self.zps + 128)))
+
+    def scale_fn(self, name: str) -> Any:
+        """n -> float32 scale: an immediate when uniform, else a load of a constant tensor."""
+        from qcompiler.lowering import te_lib
+
+        if self.uniform_scale:
+            imm = te_lib.f32_const(self.scales[0])
+            return lambda n: imm
+        t = te_lib.constant(self.scales.astype(F32), name)
+        return lambda n: t[n]
+
+    def zp_fn(self, name: str) -> Any:
+        """n -> int32 zero point: an immediate when uniform, else a load of a constant tensor."""
+        from qcompiler.lowering import te_lib
+
+        if self.uniform_zp:
+            imm = te_lib.int_const(int(self.zps[0]))
+            return lambda n: imm
+        t = te_lib.constant(self.zps.astype(np.int32), name)
+        return lambda n: t[n]
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _acc_dtype(k: int, max_x: int, max_w: int) -> str:
+    """int32 when no partial sum of k products can overflow it, else int64 (wrapped after).
+
+    NOTE: TIR's signed int32 `+` carries LLVM's `nsw`: an overflowing int32 sum is undefined,
+    so sums that may overflow run in int64 and wrap to int32 at the end (= the reference's
+    int64 matmul `.astype(np.int32)`).
+    """
+    return "int32" if k * max_x * max_w <= _INT32_MAX else "int64"
+
+
+def _lin_check(op: str, x: Any) -> tuple[tuple[int, ...], int]:
+    from qcompiler.errors import LoweringError
+    from qcompiler.lowering.tvm_compat import int_shape
+
+    shape = int_shape(x)
+    if any(d == 0 for d in shape):
+        raise LoweringError(f"{op}: empty input {list(shape)} is not supported by the compiler")
+    return shape, shape[-1]
+
+
+def _linear_int8_te(sig: Sig, x: Any, w: Any, b: Any, reduce_range: bool, relu: bool,
+                    name: str = "qnn_linear_dynamic") -> Any:
+    """TE of linear_int8 (see LinearDynamic.lower for the stages)."""
+    from tvm.script.ir_builder import tirx as T
+
+    from qcompiler.lowering import te_lib
+    from qcompiler.lowering.tvm_compat import te
+
+    shape, k = _lin_check(name, x)
+    lead = shape[:-1]
+    qw = _QWeight.of(sig.in_types[1])
+    n_out = qw.scales.shape[0]
+
+    def qparams_body(ins: Any, outs: Any) -> Any:
+        def emit() -> None:
+            xb, qb = ins[0], outs[0]
+            s, inv, zp = _emit_dyn_qparams(lambda *i: xb[i], shape, reduce_range)
+            for j, v in enumerate((s, inv, zp)):
+                T.buffer_store(qb, v, [j])
+
+        return _ir_body(emit)
+
+    qp = te.extern([(3,)], [x], qparams_body, name=f"{name}_qparams", dtype=["float32"])
+    s_x, inv_x, zp_x = qp[0], qp[1], qp[2]
+    xq = te.compute(shape, lambda *i: _quantize_act_te(x[i], inv_x, zp_x).astype("int16"),
+                    name=f"{name}_xq")
+    if qw.uniform_zp and qw.zps[0] == 0:
+        wz = w
+    else:
+        zw = qw.zp_fn(f"{name}_w_zero_point")
+        wz = te.compute((n_out, k), lambda n, kk: (w[n, kk].astype("int32") - zw(n)).astype(
+            "int16"), name=f"{name}_wz")
+    acc_dt = _acc_dtype(k, 127 if reduce_range else 255, qw.max_abs_w())
+    rk = te.reduce_axis((0, k), name="k")
+    acc = te.compute(lead + (n_out,), lambda *i: te.sum(
+        xq[(*i[:-1], rk)].astype(acc_dt) * wz[i[-1], rk].astype(acc_dt), axis=rk),
+        name=f"{name}_acc")
+    sw = qw.scale_fn(f"{name}_w_scale")
+
+    def epilogue(*i: Any) -> Any:
+        n = i[-1]
+        accf = acc[i].astype("int32").astype("float32")
+        mult = te_lib.fence(s_x * sw(n))
+        y = te_lib.fma(accf, mult, b[n]) if b is not None else te_lib.fence(accf * mult)
+        return _relu_te(y) if relu else y
+
+    return te.compute(lead + (n_out,), epilogue, name=name)
+
+
+def _fma_chain_reducer() -> Any:
+    """A TE reducer whose step is acc = fma(a, b, acc) over (a, b) pairs (identity -0.0, so
+    the first step is exactly the plain product a * b, as the reference's chain starts)."""
+    from qcompiler.lowering import te_lib
+    from qcompiler.lowering.tvm_compat import te
+
+    def fcombine(lhs: Any, rhs: Any) -> Any:
+        return te_lib.fma(rhs[0], rhs[1], lhs[0]), lhs[1]
+
+    def fidentity(t0: Any, t1: Any) -> Any:
+        return te.const(-0.0, t0), te.const(0.0, t1)
+
+    return te.comm_reducer(fcombine, fidentity, name="fma_chain")
+
+
+def _linear_fp16_te(sig: Sig, x: Any, w: Any, b: Any, relu: bool,
+                    name: str = "qnn_linear_dynamic_fp16") -> Any:
+    """TE of linear_fp16 (see LinearDynamicFp16.lower)."""
+    from qcompiler.lowering import te_lib
+    from qcompiler.lowering.tvm_compat import te, tirx
+
+    shape, k = _lin_check(name, x)
+    lead = shape[:-1]
+    n_out = int(w.shape[0])
+    full = (n_out // FP16_NB) * FP16_NB if k > FP16_KB else n_out
+    chain = _fma_chain_reducer()
+    parts = []
+    if full:
+        rk = te.reduce_axis((0, k), name="k")
+        acc, _ = te.compute(lead + (full,), lambda *i: chain(
+            (x[(*i[:-1], rk)], _fp16_weight_te(w[i[-1], rk])), axis=rk), name=f"{name}_acc")
+        parts.append(acc)
+    if full < n_out:
+        nb = -(-k // FP16_KB)
+        kk = te.reduce_axis((0, FP16_KB), name="kk")
+
+        def part(kb: Any, *i: Any) -> Any:
+            # NOTE: TE drops `where=` on multi-value reducers; the padded steps use the pair
+            # (-0.0, 0.0) instead: fma(-0, 0, acc) = acc + (-0) = acc exactly, for any acc
+            kx = kb * FP16_KB + kk
+            inside = kx < k
+            kc = te.min(kx, k - 1)
+            a = tirx.Select(inside, x[(*i[:-1], kc)], te.const(-0.0, "float32"))
+            wv = tirx.Select(inside, _fp16_weight_te(w[full + i[-1], kc]),
+                             te.const(0.0, "float32"))
+            return chain((a, wv), axis=kk)
+
+        p, _ = te.compute((nb,) + lead + (n_out - full,), part, name=f"{name}_part")
+        plus = te.comm_reducer(lambda a, c: a + te_lib.fence(c), lambda t: te.const(-0.0, t),
+                               name="fsum")
+        rb = te.reduce_axis((0, nb), name="kb")
+        tail = te.compute(lead + (n_out - full,), lambda *i: plus(p[(rb, *i)], axis=rb),
+                          name=f"{name}_tail")
+        parts.append(tail)
+
+    def epilogue(*i: Any) -> Any:
+        n = i[-1]
+        if len(parts) == 1:
+            v = parts[0][i]
+        else:
+            v = te.if_then_else(n < full, parts[0][(*i[:-1], te.min(n, full - 1))],
+                                parts[1][(*i[:-1], te.max(n - full, 0))])
+        # NOTE: LLVM folds the chain's fma(x, w, -0.0) to a plain fmul when K == 1 and would
+        # contract it with the bias add: fence the sum first
+        v = te_lib.fence(v)
+        if b is not None:
+            v = v + b[n]
+        return _relu_te(v) if relu else v
+
+    return te.compute(lead + (n_out,), epilogue, name=name)
+
+
+# --- recurrent kernels: one TIR function per op (te.extern, TVMScript IRBuilder) -----------
+# The time loop is sequential, so qnn.lstm / qnn.gru and the cells lower to ONE te.extern
+# whose body (built with the IRBuilder) runs the reference's loops in the same order: per
+# layer and direction the input-to-hidden linear over all T*B rows, then per step the
+# hidden-to-hidden linear (dynamic qparams from the B*H hidden state) and the gate math.
+# schedule_kind "opaque": no schedule rule touches it (codegen/rule.py has none for "opaque").
+
+
+@dataclass
+class _TirLinear:
+    """One dynamic linear inside a TIR kernel: weight/bias buffers and how to read them.
+
+    Created at lowering time with indices into the kernel's input list (`_Inputs`); `bind`
+    resolves them to the extern's buffers inside the body."""
+
+    kind: str
+    w: int
+    b: int | None
+    qw: _QWeight | None = None
+    scale: int | None = None
+    zp: int | None = None
+
+    @property
+    def n_out(self) -> int:
+        return 0 if self.qw is None else int(self.qw.scales.shape[0])
+
+
+class _Inputs:
+    """The tensors a te.extern reads, in order; lowering code adds constants as it goes."""
+
+    def __init__(self, tensors: Sequence[Any]) -> None:
+        self.tensors = list(tensors)
+
+    def add(self, t: Any) -> int:
+        self.tensors.append(t)
+        return len(self.tensors) - 1
+
+    def linear(self, ty: TensorType, w: int, b: int | None, name: str) -> _TirLinear:
+        from qcompiler.lowering import te_lib
+
+        if ty.dtype is f16:
+            return _TirLinear("f16", w, b)
+        qw = _QWeight.of(ty)
+        lin = _TirLinear("i8", w, b, qw)
+        if not qw.uniform_scale:
+            lin.scale = self.add(te_lib.constant(qw.scales.astype(F32), f"{name}_w_scale"))
+        if not qw.uniform_zp:
+            lin.zp = self.add(te_lib.constant(qw.zps.astype(np.int32), f"{name}_w_zero_point"))
+        return lin
+
+
+def _emit_linear(lin: _TirLinear, ins: Sequence[Any], load: Any, rows: Sequence[int],
+                 k: int, n_out: int, store: Any, xq: Any, reduce_range: bool) -> None:
+    """linear_int8 / linear_fp16 of the activation `load(row_idx, kk)` over the row index space
+    `rows` (IRBuilder): `store(row_idx, n, y)` for every row and output column.
+
+    `xq` is an int16 scratch buffer of at least prod(rows) * k elements (int8 weights)."""
+    from tvm.script.ir_builder import tirx as T
+
+    from qcompiler.lowering import te_lib
+    from qcompiler.lowering.tvm_compat import te
+
+    w = ins[lin.w]
+    bias = ins[lin.b] if lin.b is not None else None
+    rows = tuple(int(r) for r in rows)
+
+    def flat(r: Sequence[Any]) -> Any:
+        out = r[0]
+        for d, i in zip(rows[1:], r[1:]):
+            out = out * d + i
+        return out
+
+    if lin.kind == "f16":
+        full = (n_out // FP16_NB) * FP16_NB if k > FP16_KB else n_out
+        for lo, hi, tail in ((0, full, False), (full, n_out, True)):
+            if lo == hi:
+                continue
+            with _emit_loops(rows) as r, T.serial(lo, hi) as n:
+                acc = T.alloc_buffer((1,), "float32")
+                T.buffer_store(acc, te.const(-0.0, "float32"), [0])
+                blocks = [(0, k)] if not tail else [
+                    (k0, min(k, k0 + FP16_KB)) for k0 in range(0, k, FP16_KB)]
+                for k0, k1 in blocks:
+                    part = T.alloc_buffer((1,), "float32")
+                    T.buffer_store(part, te.const(-0.0, "float32"), [0])
+                    with T.serial(k0, k1) as kk:
+                        T.buffer_store(part, te_lib.fma(load(r, kk), _fp16_weight_te(w[n, kk]),
+                                                        part[0]), [0])
+                    # block sums in block order; -0.0 + part == part exactly. NOTE: LLVM
+                    # folds fma(x, w, -0.0) to a plain fmul (K == 1) and would then contract
+                    # it with the following add: every sum operand is fenced
+                    T.buffer_store(acc, acc[0] + te_lib.fence(part[0]), [0])
+                y = te_lib.fence(acc[0])
+                store(r, n, te_lib.fence(y + bias[n]) if bias is not None else y)
+        return
+
+    qw = lin.qw
+    assert qw is not None
+    s_x, inv_x, zp_x = _emit_dyn_qparams(lambda *i: load(i[:-1], i[-1]), rows + (k,),
+                                         reduce_range)
+    with _emit_loops(rows + (k,)) as idx:
+        T.buffer_store(xq, _quantize_act_te(load(idx[:-1], idx[-1]), inv_x, zp_x).astype(
+            "int16"), [flat(idx[:-1]) * k + idx[-1]])
+    acc_dt = _acc_dtype(k, 127 if reduce_range else 255, qw.max_abs_w())
+    if lin.scale is not None:
+        sw_buf = ins[lin.scale]
+        sw = lambda n: sw_buf[n]
+    else:
+        sw_imm = te_lib.f32_const(qw.scales[0])
+        sw = lambda n: sw_imm
+    if lin.zp is not None:
+        zp_buf = ins[lin.zp]
+        zw = lambda n: zp_buf[n].astype(acc_dt)
+    else:
+        zw_imm = te.const(int(qw.zps[0]), acc_dt)
+        zw = lambda n: zw_imm
+    with _emit_loops(rows) as r, T.serial(0, n_out) as n:
+        base = _tir_bind(flat(r) * k)
+        acc = T.alloc_buffer((1,), acc_dt)
+        T.buffer_store(acc, te.const(0, acc_dt), [0])
+        wz = (lambda v: v) if (qw.uniform_zp and qw.zps[0] == 0) else (lambda v: v - zw(n))
+        with T.serial(0, k) as kk:
+            T.buffer_store(acc, acc[0] + xq[base + kk].astype(acc_dt) * wz(
+                w[n, kk].astype(acc_dt)), [0])
+        accf = acc[0].astype("int32").astype("float32")
+        mult = te_lib.fence(s_x * sw(n))
+        y = te_lib.fma(accf, mult, bias[n]) if bias is not None else te_lib.fence(accf * mult)
+        store(r, n, y)
+
+
+@dataclass
+class _State:
+    """A [B, H] recurrent state held in a buffer (an output: h_n/c_n slice, or h'/c')."""
+
+    buf: Any
+    lead: tuple[Any, ...] = ()
+
+    def load(self, b: Any, j: Any) -> Any:
+        return self.buf[(*self.lead, b, j)]
+
+    def store(self, b: Any, j: Any, v: Any) -> None:
+        from tvm.script.ir_builder import tirx as T
+
+        T.buffer_store(self.buf, v, [*self.lead, b, j])
+
+
+def _emit_gates(mode: str, nonlinearity: str, hs: int, batch: int, hh: Any, ih: Any,
+                ih_base: Any, h: _State, c: _State | None, out: Any, table: Any) -> None:
+    """One step's gate math for every (b, j), as _cell_step: h, c updated in place;
+    `out(b, j, h')` stores the step output. `hh` is [B * G], `ih` read at ih_base + b*G + g.
+
+    Sigmoid rows are the H gates of one batch element: columns j < 32 * (H // 32) take the
+    SLEEF (vector body) path, the rest glibc's expf, so the j loop is split in two."""
+    from tvm.script.ir_builder import tirx as T
+
+    from qcompiler.lowering import te_lib
+
+    g_all = _GATES[mode] * hs
+    fence, bind = te_lib.fence, _tir_bind
+    body = (hs // SIGMOID_VEC_BODY) * SIGMOID_VEC_BODY
+    for lo, hi, vb in ((0, body, True), (body, hs, False)):
+        if lo == hi:
+            continue
+        with T.serial(0, batch) as b, T.serial(lo, hi) as j:
+            def g(gate: int) -> Any:
+                return hh[b * g_all + gate * hs + j] + ih[ih_base + b * g_all + gate * hs + j]
+
+            def sig(v: Any, vb: bool = vb) -> Any:
+                return bind(_sigmoid_te(bind(v), vb, table, bind))
+
+            if mode == "lstm":
+                assert c is not None
+                i_g, f_g = sig(g(0)), sig(g(1))
+                g_g = bind(_tanh_te(g(2)))
+                o_g = sig(g(3))
+                c_new = bind(fence(f_g * c.load(b, j)) + fence(i_g * g_g))
+                h_new = bind(fence(o_g * _tanh_te(c_new)))
+                c.store(b, j, c_new)
+            elif mode == "gru":
+                r_g, z_g = sig(g(0)), sig(g(1))
+                n_in = ih[ih_base + b * g_all + 2 * hs + j] + fence(
+                    hh[b * g_all + 2 * hs + j] * r_g)
+                n_g = bind(_tanh_te(n_in))
+                h_new = bind(fence(fence(h.load(b, j) - n_g) * z_g) + n_g)
+            else:
+                pre = bind(g(0))
+                h_new = bind(_relu_te(pre) if nonlinearity == "relu" else _tanh_te(pre))
+            h.store(b, j, h_new)
+            if out is not None:
+                out(b, j, h_new)
+
+
+def _emit_direction(mode: str, nonlinearity: str, ins: Sequence[Any], lin_ih: _TirLinear,
+                    lin_hh: _TirLinear, x_load: Any, t_len: int, batch: int, in_size: int,
+                    hs: int, reverse: bool, h: _State, c: _State | None, out: Any,
+                    scratch: dict[str, Any], table: Any, reduce_range: bool) -> None:
+    """One layer and direction: the input linear over all T*B rows into scratch["ih"], then the
+    time loop (forward or reverse): hidden linear into scratch["hh"], gates, outputs."""
+    from tvm.script.ir_builder import tirx as T
+
+    g_all = _GATES[mode] * hs
+    ih, hh = scratch["ih"], scratch["hh"]
+
+    def store_ih(r: Sequence[Any], n: Any, v: Any) -> None:
+        T.buffer_store(ih, v, [(r[0] * batch + r[1]) * g_all + n])
+
+    _emit_linear(lin_ih, ins, lambda r, kk: x_load(r[0], r[1], kk), (t_len, batch), in_size,
+                 g_all, store_ih, scratch.get("xq"), reduce_range)
+    with T.serial(0, t_len) as step:
+        t = (t_len - 1 - step) if reverse else step
+
+        def store_hh(r: Sequence[Any], n: Any, v: Any) -> None:
+            T.buffer_store(hh, v, [r[0] * g_all + n])
+
+        _emit_linear(lin_hh, ins, lambda r, kk: h.load(r[0], kk), (batch,), hs, g_all,
+                     store_hh, scratch.get("xq"), reduce_range)
+        out_t = None if out is None else (lambda b, j, v: out(t, b, j, v))
+        _emit_gates(mode, nonlinearity, hs, batch, hh, ih, t * (batch * g_all), h, c, out_t,
+                    table)
+
+
+def _emit_scratch(t_len: int, batch: int, hs: int, g_all: int, max_in: int, int8: bool,
+                  ) -> dict[str, Any]:
+    from tvm.script.ir_builder import tirx as T
+
+    scratch = {"ih": T.alloc_buffer((t_len * batch * g_all,), "float32"),
+               "hh": T.alloc_buffer((batch * g_all,), "float32")}
+    if int8:
+        scratch["xq"] = T.alloc_buffer((max(t_len * batch * max_in, batch * hs),), "int16")
+    return scratch
+
+
+def _emit_init_state(dst: _State, batch: int, hs: int, src: Any) -> None:
+    """dst = src(b, j), or 0.0 when src is None."""
+    from tvm.script.ir_builder import tirx as T
+
+    from qcompiler.lowering.tvm_compat import te
+
+    with T.serial(0, batch) as b, T.serial(0, hs) as j:
+        dst.store(b, j, te.const(0.0, "float32") if src is None else src(b, j))
+
+
+def _lower_rnn(op: _RNNBase, sig: Sig, tensors: Sequence[Any]) -> tuple[Any, ...]:
+    """qnn.lstm / qnn.gru as one te.extern (see the section comment above)."""
+    from tvm.script.ir_builder import tirx as T
+
+    from qcompiler.lowering.tvm_compat import te
+
+    attrs: RNNAttrs = sig.attrs
+    has_state = op._layout(attrs, len(tensors))
+    mode, n_state = op.mode, op._n_state
+    x_shape = sig.in_types[0].shape
+    t_len, batch = (x_shape[1], x_shape[0]) if attrs.batch_first else x_shape[:2]
+    in0, hs, n_layers = x_shape[2], attrs.hidden_size, attrs.num_layers
+    dirs = 2 if attrs.bidirectional else 1
+    g_all = _GATES[mode] * hs
+    inputs = _Inputs(tensors)
+    k = 1 + (n_state if has_state else 0)
+    lins = []
+    for layer in range(n_layers):
+        for d in range(dirs):
+            tag = f"l{layer}{'_reverse' if d else ''}"
+            lins.append((inputs.linear(sig.in_types[k], k, k + 2, f"{tag}_ih"),
+                         inputs.linear(sig.in_types[k + 1], k + 1, k + 3, f"{tag}_hh")))
+            k += 4
+    int8 = lins[0][0].kind == "i8"
+    width = dirs * hs
+
+    def emit(ins: Sequence[Any], outs: Sequence[Any]) -> None:
+        table = _emit_glibc_table()
+        scratch = _emit_scratch(t_len, batch, hs, g_all, max(in0, width), int8)
+        bufs = [T.alloc_buffer((t_len * batch * width,), "float32")
+                for _ in range(min(2, n_layers - 1))]
+        x, y = ins[0], outs[0]
+        for layer in range(n_layers):
+            if layer == 0:
+                in_size = in0
+                if attrs.batch_first:
+                    def x_load(t: Any, b: Any, kk: Any) -> Any:
+                        return x[b, t, kk]
+                else:
+                    def x_load(t: Any, b: Any, kk: Any) -> Any:
+                        return x[t, b, kk]
+            else:
+                in_size = width
+                prev = bufs[(layer - 1) % 2]
+
+                def x_load(t: Any, b: Any, kk: Any, prev: Any = prev) -> Any:
+                    return prev[(t * batch + b) * width + kk]
+            for d in range(dirs):
+                idx = layer * dirs + d
+                h = _State(outs[1], (idx,))
+                c = _State(outs[2], (idx,)) if mode == "lstm" else None
+                for k_s, st in enumerate((h, c)[:n_state]):
+                    assert st is not None
+                    src = ins[1 + k_s] if has_state else None
+                    _emit_init_state(st, batch, hs, None if src is None else (
+                        lambda b, j, src=src, idx=idx: src[idx, b, j]))
+                col = d * hs
+                if layer == n_layers - 1:
+                    def out(t: Any, b: Any, j: Any, v: Any, col: int = col) -> None:
+                        where = [b, t] if attrs.batch_first else [t, b]
+                        T.buffer_store(y, v, [*where, col + j])
+                else:
+                    cur = bufs[layer % 2]
+
+                    def out(t: Any, b: Any, j: Any, v: Any, col: int = col,
+                            cur: Any = cur) -> None:
+                        T.buffer_store(cur, v, [(t * batch + b) * width + col + j])
+                lin_ih, lin_hh = lins[idx]
+                _emit_direction(mode, "tanh", ins, lin_ih, lin_hh, x_load, t_len, batch,
+                                in_size, hs, d == 1, h, c, out, scratch, table,
+                                attrs.reduce_range)
+
+    out_types = sig.out_types
+    res = te.extern([o.shape for o in out_types], inputs.tensors,
+                    lambda ins, outs: _ir_body(lambda: emit(ins, outs)),
+                    name=op.name.replace(".", "_"), dtype=["float32"] * len(out_types))
+    return tuple(res)
+
+
+def _lower_cell(op: _CellBase, sig: Sig, tensors: Sequence[Any]) -> Any:
+    """qnn.lstm_cell / gru_cell / rnn_cell as one te.extern: a one-step recurrence."""
+    from qcompiler.lowering.tvm_compat import te
+
+    has_state = op._has_state(len(tensors))
+    mode, n_state = op.mode, op._n_state
+    batch, in_size = sig.in_types[0].shape
+    hs = sig.in_types[-3].shape[1]
+    g_all = _GATES[mode] * hs
+    n = len(tensors)
+    inputs = _Inputs(tensors)
+    lin_ih = inputs.linear(sig.in_types[n - 4], n - 4, n - 2, "ih")
+    lin_hh = inputs.linear(sig.in_types[n - 3], n - 3, n - 1, "hh")
+
+    def emit(ins: Sequence[Any], outs: Sequence[Any]) -> None:
+        table = _emit_glibc_table()
+        scratch = _emit_scratch(1, batch, hs, g_all, in_size, lin_ih.kind == "i8")
+        h = _State(outs[0])
+        c = _State(outs[1]) if mode == "lstm" else None
+        for k_s, st in enumerate((h, c)[:n_state]):
+            assert st is not None
+            src = ins[1 + k_s] if has_state else None
+            _emit_init_state(st, batch, hs, None if src is None else (
+                lambda b, j, src=src: src[b, j]))
+        x = ins[0]
+        _emit_direction(mode, sig.attrs.nonlinearity, ins, lin_ih, lin_hh,
+                        lambda t, b, kk: x[b, kk], 1, batch, in_size, hs, False, h, c, None,
+                        scratch, table, True)
+
+    out_types = sig.out_types
+    res = te.extern([o.shape for o in out_types], inputs.tensors,
+                    lambda ins, outs: _ir_body(lambda: emit(ins, outs)),
+                    name=op.name.replace(".", "_"), dtype=["float32"] * len(out_types))
+    return tuple(res) if len(out_types) > 1 else res
