@@ -34,7 +34,9 @@ def fidelity_cell(op: object, fid: dict[str, float] | None) -> str:
     bound = getattr(op, "max_lsb", 0)
     if worst == 0:
         return f"exact ({int(fid['elements'])} values)"
-    return (f"max diff {worst:g} (bound {bound:g}), {rate * 100:.3f}% of "
+    unit = "LSB" if worst >= 1 else "abs"
+    bound_text = f"bound {bound:g} LSB" if bound >= 1 else "within the bound in the notes"
+    return (f"max diff {worst:g} {unit} ({bound_text}); {rate * 100:.3f}% of "
             f"{int(fid['elements'])} values differ")
 
 
