@@ -1238,7 +1238,16 @@ def _expf_glibc_te(x: Any, table: Any, bind: Bind = _same) -> Any:
     ki = bind(tirx.reinterpret("uint64", kd))
     r = bind(fence(f64c(_GLIBC_INVLN2N) * xd) - (kd - f64c(_GLIBC_SHIFT)))
     idx = tirx.bitwise_and(ki, te.const(31, "uint64")).astype("int64")
-    t = table(idx) + tirx.shift_left(ki, te.const(47, "uint64"))
+    # t = table[idx] + (ki << 47) modulo 2**64, spelled without any overflowing operation:
+    # TIR emits unsigned + and << with LLVM's `nuw` (a wrap-around is poison), so the 17 bits
+    # the shift keeps are added to the table entry's top 17 bits in 17-bit arithmetic
+    def u64(v: int) -> Any:
+        return te.const(v, "uint64")
+
+    tab = bind(table(idx))
+    top = tirx.bitwise_and(tirx.shift_right(tab, u64(47)) + tirx.bitwise_and(ki, u64(0x1FFFF)),
+                           u64(0x1FFFF))
+    t = tirx.bitwise_or(tirx.shift_left(top, u64(47)), tirx.bitwise_and(tab, u64(2**47 - 1)))
     sc = tirx.reinterpret("float64", t)
     z = fence(f64c(_GLIBC_POLY[0]) * r) + f64c(_GLIBC_POLY[1])
     y = fence(f64c(_GLIBC_POLY[2]) * r) + f64c(1.0)
