@@ -1542,8 +1542,9 @@ def _linear_int8_te(sig: Sig, x: Any, w: Any, b: Any, reduce_range: bool, relu: 
         wz = w
     else:
         zw = qw.zp_fn(f"{name}_w_zero_point")
+        wz_dt = "int16" if qw.max_abs_w() <= 32767 else "int32"  # (zero points beyond int8)
         wz = te.compute((n_out, k), lambda n, kk: (w[n, kk].astype("int32") - zw(n)).astype(
-            "int16"), name=f"{name}_wz")
+            wz_dt), name=f"{name}_wz")
     acc_dt = _acc_dtype(k, 127 if reduce_range else 255, qw.max_abs_w())
     rk = te.reduce_axis((0, k), name="k")
     acc = te.compute(lead + (n_out,), lambda *i: te.sum(
