@@ -360,6 +360,40 @@ class _QConv(OpDef):
                                     bias=bias, per_tensor_weight=wq.axis is None, relu=self.relu,
                                     channel_axis=1)
 
+    # --- lowering ----------------------------------------------------------------------------
+
+    def lower(self, sig: Sig, *tensors: Any) -> Any:
+        """TE twin of `reference`, step for step: `te_lib.conv_accumulate` (x padded with its
+        zero point in a separate stage, the exact accumulator in int32, or in int64 and
+        wrapped when it could overflow), then `te_lib.onednn_requantize` or
+        `te_lib.fbgemm_requantize`, picked by `requant_path` as the reference picks it."""
+        from qcompiler.lowering import te_lib
+
+        attrs: ConvAttrs = sig.attrs
+        d = self.spatial_dims
+        x, w, bias, other = self._split(tensors)
+        xt, wt, _, ot = self._split(sig.in_types)
+        xq, wq, oq = xt.qparams, wt.qparams, sig.out.qparams
+        assert xq is not None and wq is not None and oq is not None
+        c_out = wt.shape[0]
+        tag = self.name.replace(".", "_")
+        acc = te_lib.conv_accumulate(
+            x, xq.zp_value, w, np.broadcast_to(wq.zero_points_array(), (c_out,)),
+            expand_spatial(attrs.stride, d), expand_spatial(attrs.padding, d),
+            expand_spatial(attrs.dilation, d), attrs.groups, name=tag)
+        w_scales = np.broadcast_to(wq.scales_array(), (c_out,))
+        if requant_path(wq, attrs.groups, self.fused_add) == "onednn":
+            residual = None
+            if other is not None:
+                assert ot is not None and ot.qparams is not None
+                residual = (other, ot.qparams.scale_value, ot.qparams.zp_value)
+            return te_lib.onednn_requantize(acc, xq.scale_value, w_scales, oq.scale_value,
+                                            oq.zp_value, bias=bias, relu=self.relu,
+                                            channel_axis=1, residual=residual, name=tag)
+        return te_lib.fbgemm_requantize(acc, xq.scale_value, w_scales, oq.scale_value,
+                                        oq.zp_value, bias=bias, per_tensor_weight=wq.axis is None,
+                                        relu=self.relu, channel_axis=1, name=tag)
+
     # --- samples -----------------------------------------------------------------------------
 
     def _sample(self, rng: np.random.Generator, label: str, *, c: int, o: int,

@@ -293,6 +293,29 @@ class _QConvTranspose(OpDef):
                                     oq.zp_value, bias=bias, per_tensor_weight=True,
                                     channel_axis=1)
 
+    # --- lowering ----------------------------------------------------------------------------
+
+    def lower(self, sig: Sig, *tensors: Any) -> Any:
+        """TE twin of `reference`: `te_lib.conv_transpose_accumulate` (a stride-1 conv over the
+        input upsampled with its zero point, flipped weights), then fbgemm's per-tensor-weight
+        epilogue (`te_lib.fbgemm_requantize`)."""
+        from qcompiler.lowering import te_lib
+
+        attrs: ConvTransposeAttrs = sig.attrs
+        d = self.spatial_dims
+        x, w = tensors[0], tensors[1]
+        bias = tensors[2] if len(tensors) > 2 else None
+        xq, wq, oq = sig.in_types[0].qparams, sig.in_types[1].qparams, sig.out.qparams
+        assert xq is not None and wq is not None and oq is not None
+        tag = self.name.replace(".", "_")
+        acc = te_lib.conv_transpose_accumulate(
+            x, xq.zp_value, w, wq.zp_value, expand_spatial(attrs.stride, d),
+            expand_spatial(attrs.padding, d), expand_spatial(attrs.output_padding, d),
+            expand_spatial(attrs.dilation, d), attrs.groups, name=tag)
+        return te_lib.fbgemm_requantize(acc, xq.scale_value, wq.scale_value, oq.scale_value,
+                                        oq.zp_value, bias=bias, per_tensor_weight=True,
+                                        channel_axis=1, name=tag)
+
     # --- samples -----------------------------------------------------------------------------
 
     def _sample(self, rng: np.random.Generator, label: str, *, c: int, o: int,

@@ -261,6 +261,35 @@ class _QLinear(OpDef):
                                         negative_slope=slope, channel_axis=-1,
                                         out_dtype=sig.out.dtype)
 
+    # --- lowering ----------------------------------------------------------------------------
+
+    def lower(self, sig: Sig, *tensors: Any) -> Any:
+        """TE twin of `reference`: `te_lib.dense_accumulate` (int32, or int64 wrapped when it
+        could overflow), then fbgemm's epilogue (`te_lib.fbgemm_requantize`) or oneDNN's with
+        the eltwise post-op (`te_lib.onednn_requantize`, re-inverted linear weight scales)."""
+        from qcompiler.lowering import te_lib
+
+        x, w = tensors[0], tensors[1]
+        bias = tensors[2] if len(tensors) > 2 else None
+        xq, wq, oq = sig.in_types[0].qparams, sig.in_types[1].qparams, sig.out.qparams
+        assert xq is not None and wq is not None and oq is not None
+        o = sig.in_types[1].shape[0]
+        tag = self.name.replace(".", "_")
+        acc = te_lib.dense_accumulate(x, xq.zp_value, w,
+                                      np.broadcast_to(wq.zero_points_array(), (o,)), name=tag)
+        w_scales = np.broadcast_to(wq.scales_array(), (o,))
+        if self.engine == "fbgemm":
+            return te_lib.fbgemm_requantize(acc, xq.scale_value, w_scales, oq.scale_value,
+                                            oq.zp_value, bias=bias,
+                                            per_tensor_weight=wq.axis is None,
+                                            relu=self.post_op == "relu", channel_axis=-1,
+                                            name=tag)
+        slope = sig.attrs.negative_slope if self.post_op == "leaky_relu" else 0.0
+        return te_lib.onednn_requantize(acc, xq.scale_value, w_scales, oq.scale_value,
+                                        oq.zp_value, bias=bias, channel_axis=-1,
+                                        reinvert_w_scales=True, post_op=self.post_op,
+                                        negative_slope=slope, out_dtype=sig.out.dtype, name=tag)
+
     # --- samples -----------------------------------------------------------------------------
 
     def _sample(self, rng: np.random.Generator, label: str, *, lead: Sequence[int], k: int,
@@ -524,6 +553,51 @@ class QMatmul(OpDef):
         db = qm.dequantize_per_tensor(b, bq.scale_value, bq.zp_value).astype(np.float64)
         c = np.asarray(np.matmul(da, db)).astype(F32)
         return np.asarray(qm.quantize_per_tensor(c, oq.scale_value, oq.zp_value, sig.out.dtype))
+
+    def lower(self, sig: Sig, a: Any, b: Any) -> Any:
+        """TE twin of `reference`: dequantize both operands (float32 stages), sum the float64
+        products over k in order (each product of two float32 values is exact in float64, so
+        FMA contraction cannot change it), round the sum once to float32, quantize.
+
+        NOTE: the reference's float64 `np.matmul` may sum in another order (BLAS); the two
+        agree unless a float64 rounding difference crosses a float32 rounding boundary and
+        then a quantization boundary (never seen; PyTorch itself is 1 LSB away, `max_lsb`).
+        """
+        from qcompiler.lowering import te_lib
+        from qcompiler.lowering.tvm_compat import te
+
+        aq, bq, oq = sig.in_types[0].qparams, sig.in_types[1].qparams, sig.out.qparams
+        assert aq is not None and bq is not None and oq is not None
+        sa, sb, so = sig.in_types[0].shape, sig.in_types[1].shape, sig.out.shape
+        da = te_lib.dequantize(a, aq, name="qnn_matmul_a")
+        db = te_lib.dequantize(b, bq, name="qnn_matmul_b")
+        k_n = sa[-1]
+        a_vec, b_vec = len(sa) == 1, len(sb) == 1
+        batch_rank = len(so) - (0 if a_vec else 1) - (0 if b_vec else 1)
+        batch_shape = so[:batch_rank]
+        kax = te.reduce_axis((0, k_n), name="k")
+
+        def operand_index(shape: tuple[int, ...], batch: tuple[Any, ...], rows: tuple[Any, ...],
+                          k_last: bool) -> tuple[Any, ...]:
+            if len(shape) == 1:
+                return (kax,)
+            nb = len(shape) - 2
+            bidx = te_lib.broadcast_index(batch[len(batch) - nb:] if nb else (), shape[:nb],
+                                          batch_shape[len(batch_shape) - nb:] if nb else ())
+            return (*bidx, *rows, kax) if k_last else (*bidx, kax, *rows)
+
+        def body(*i: Any) -> Any:
+            batch = tuple(i[:batch_rank])
+            rest = i[batch_rank:]
+            m = () if a_vec else (rest[0],)
+            n = () if b_vec else (rest[-1],)
+            ia = operand_index(sa, batch, m, k_last=True)
+            ib = operand_index(sb, batch, n, k_last=False)
+            return te.sum(da[ia].astype("float64") * db[ib].astype("float64"), axis=kax)
+
+        acc = te.compute(so, body, name="qnn_matmul_acc")
+        quant = te_lib.quantize_fn(oq, sig.out.dtype, len(so), "qnn_matmul")
+        return te.compute(so, lambda *i: quant(acc[i].astype("float32"), i), name="qnn_matmul")
 
     def _sample(self, rng: np.random.Generator, label: str, sa: Sequence[int],
                 sb: Sequence[int], dtype: DType = u8, *, scales: tuple[float, float] | None = None,
