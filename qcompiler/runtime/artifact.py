@@ -8,13 +8,15 @@ expected and what was found; nothing reaches an illegal-instruction crash.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sys
+import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,30 @@ _CROSS_CC: dict[tuple[str, str], str] = {("x86_64", "aarch64"): "aarch64-linux-g
 """Default linker for `model.so` by (host arch, target arch)."""
 
 _HASH_CHUNK = 1 << 20
+
+
+@contextlib.contextmanager
+def quiet_tvm_scope_warnings() -> Iterator[None]:
+    """Drop TVM's "executable.cc: Warning: Scope Saving/Loaded" lines (one per kernel) from
+    stderr while saving or loading an executable; anything else it prints is passed on."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):  # no real stderr (e.g. captured): leave it
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines(keepends=True):
+                if "Warning: Scope Saving" not in line and "Warning: Scope Loaded" not in line:
+                    sys.stderr.write(line)
 
 
 def sha256_file(path: Path) -> str:
@@ -62,7 +88,8 @@ def write_artifact(
             if cc is None and target is not None:
                 cc = _CROSS_CC.get((host_arch(), target.arch))
             kwargs: dict[str, Any] = {} if cc is None else {"cc": cc}
-            executable.export_library(str(tmp_lib), **kwargs)
+            with quiet_tvm_scope_warnings():
+                executable.export_library(str(tmp_lib), **kwargs)
         elif library_path is not None and library_path.is_file():
             shutil.copyfile(library_path, tmp_lib)
         else:
@@ -122,7 +149,8 @@ def load(path: str | Path, *, memory_cfg: str | None = None) -> CompiledModule:
     _check_host(root, target)
     _warn_on_version_skew(root, manifest)
     try:
-        module = tvm.runtime.load_module(str(lib))
+        with quiet_tvm_scope_warnings():
+            module = tvm.runtime.load_module(str(lib))
     except Exception as e:  # TVM raises its own error types; report them as artifact errors
         raise ArtifactError(f"artifact {root}: TVM could not load {lib.name}: {e}") from e
     return CompiledModule(module, manifest, library_path=lib, memory_cfg=memory_cfg)

@@ -488,6 +488,8 @@ def test_num_threads(cm: CompiledModule) -> None:
 
 _ALLOWED_TOP = {
     "__future__",
+    "contextlib",
+    "tempfile",
     "copy",
     "collections",
     "dataclasses",
