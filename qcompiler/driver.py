@@ -1,6 +1,7 @@
 """`compile`: a graph (or a PyTorch model) -> native code for a target -> `CompiledModule`.
 
-    graph ──verify──► kernel groups ──lower (OpDef.lower → TE)──► PrimFuncs
+    graph ──verify──► passes (a copy; passes/pipelines.py) ──► kernel groups
+          ──lower (OpDef.lower → TE)──► PrimFuncs
           ──schedule (codegen rules)──► Relax module (call_tir per kernel)
           ──tvm.compile──► VM executable + manifest.json ──► CompiledModule
 
@@ -61,8 +62,10 @@ def compile(
     example_inputs)`; a `Graph` is compiled as it is (`example_inputs`, if given, are checked
     against its inputs). `target` is a preset name (`qcompiler.target.list_targets()`).
     `opt_level`: 0 naive loops, 1 generic schedules, 2 (default) target schedule rules where
-    there are any. `num_threads` caps TVM's (process-wide) thread pool and is the core count
-    the schedules plan for; default: every CPU this process may use.
+    there are any; graph passes per level as `qcompiler.passes.pipelines.pipeline` lists them
+    (1: dce, cse, constant folding; 2: + activation fusion and fused kernel groups).
+    `num_threads` caps TVM's (process-wide) thread pool and is the core count the schedules
+    plan for; default: every CPU this process may use.
     """
     return build(
         model_or_graph, example_inputs, target=target, opt_level=opt_level, num_threads=num_threads
@@ -79,7 +82,8 @@ def build(
     groups: Sequence[KernelGroup] | None = None,
     strict_schedules: bool = False,
 ) -> BuildResult:
-    """`compile`, returning every intermediate. `groups` overrides the kernel grouping;
+    """`compile`, returning every intermediate. `groups` overrides the kernel grouping (and
+    then the graph passes do not run: the groups name this graph's nodes);
     `strict_schedules` re-raises schedule-rule errors instead of falling back (tests)."""
     if isinstance(opt_level, bool) or opt_level not in (0, 1, 2, 3):
         raise QCompilerError(f"opt_level must be 0, 1, 2 or 3, got {opt_level!r}")
@@ -101,7 +105,14 @@ def build(
     from qcompiler.lowering.tvm_compat import compile_module
     from qcompiler.runtime.module import CompiledModule
 
-    # TODO(#passes): canonicalize / fold / fuse here; fusion hands its groups to lower_graph.
+    if groups is None:
+        from qcompiler.lowering.to_relax import KernelGroup
+        from qcompiler.passes.pipelines import kernel_groups, optimize
+
+        graph = optimize(graph, opt_level)  # on a copy: the caller's graph stays as it was
+        node_groups = kernel_groups(graph, opt_level)
+        if node_groups is not None:
+            groups = [KernelGroup(g.nodes, g.anchor) for g in node_groups]
     lowered = lower_graph(graph, groups)
 
     def schedule(kf: KernelFunc) -> tuple[Any, str | None]:
