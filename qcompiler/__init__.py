@@ -19,8 +19,6 @@ from typing import Any
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 
 from qcompiler.errors import QCompilerError
-from qcompiler.ir import Builder, Graph, QParams, TensorType, parse, print_graph, verify
-from qcompiler.reference.interpreter import interpret
 
 __version__ = "0.1.0"
 
@@ -29,7 +27,17 @@ __all__ = [
     "from_torch", "interpret", "load", "parse", "print_graph", "verify",
 ]
 
+# Everything is imported on first use, so that `import qcompiler.runtime` (a deployment) loads
+# no compiler code, and the IR loads no TVM.
 _LAZY = {
+    "Builder": ("qcompiler.ir", "Builder"),
+    "Graph": ("qcompiler.ir", "Graph"),
+    "QParams": ("qcompiler.ir", "QParams"),
+    "TensorType": ("qcompiler.ir", "TensorType"),
+    "parse": ("qcompiler.ir", "parse"),
+    "print_graph": ("qcompiler.ir", "print_graph"),
+    "verify": ("qcompiler.ir", "verify"),
+    "interpret": ("qcompiler.reference.interpreter", "interpret"),
     "from_torch": ("qcompiler.frontends", "from_torch"),
     "compile": ("qcompiler.driver", "compile"),
     "load": ("qcompiler.runtime", "load"),

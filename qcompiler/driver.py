@@ -113,7 +113,9 @@ def build(
         node_groups = kernel_groups(graph, opt_level)
         if node_groups is not None:
             groups = [KernelGroup(g.nodes, g.anchor) for g in node_groups]
-    lowered = lower_graph(graph, groups)
+    # target strategies (packed layouts, lowering/strategy.py) go with the target schedule rules
+    strategy_target = preset if opt_level >= 2 else None
+    lowered = lower_graph(graph, groups, strategy_target, strict=strict_schedules)
 
     def schedule(kf: KernelFunc) -> tuple[Any, str | None]:
         return schedule_func(
@@ -277,6 +279,7 @@ def make_manifest(
             "ops": list(kf.ops),
             "schedule_kind": kf.schedule_kind,
             "schedule": kf.rule,
+            "strategy": kf.strategy,
             "calls": kf.calls,
         }
         for kf in lowered.funcs

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 GENERIC = "generic"
 SCHEDULE_KINDS = ("injective", "reduction", "conv", "dense", "opaque")
-RULE_MODULES: list[str] = ["qcompiler.codegen.generic"]
+RULE_MODULES: list[str] = ["qcompiler.codegen.generic", "qcompiler.codegen.x86"]
 """Modules that register rules when imported (target packages add themselves here)."""
 
 OPT_LEVELS = (0, 1, 2, 3)

@@ -11,7 +11,9 @@ parameters are, in order:
     group outputs (values used outside the group, or graph outputs).
 
 Without fusion every node is its own group (`default_groups`); the fusion passes hand
-`lower_graph` their groups instead. Kernels whose PrimFuncs are structurally identical share one
+`lower_graph` their groups instead. Given a `target`, a node whose op has a registered
+*strategy* for the target's schedule family (lowering/strategy.py: e.g. the x86 VNNI conv with
+prepacked weights) is lowered by that strategy instead of `OpDef.lower`, to the same integers. Kernels whose PrimFuncs are structurally identical share one
 function. Function names are readable and stable: `<anchor op>_<shape>_<dtype>` of the group's
 last output (`qnn_conv2d_1x32x112x112_i8`), made unique with a `_1`, `_2`... suffix in graph
 order. The Relax `main` takes the graph inputs (storage dtypes), binds graph constants with
@@ -25,6 +27,7 @@ order. The Relax `main` takes the graph inputs (storage dtypes), binds graph con
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.registry import Sig, get_op
 from qcompiler.ir.types import TensorType
 from qcompiler.lowering import te_lib
+from qcompiler.lowering.strategy import lower_with_strategy
 from qcompiler.lowering.tvm_compat import (
     IRModule,
     PrimFunc,
@@ -49,6 +53,9 @@ from qcompiler.lowering.tvm_compat import (
     structural_key,
     te,
 )
+from qcompiler.target import TargetPreset
+
+log = logging.getLogger(__name__)
 
 # --- groups --------------------------------------------------------------------------------------
 
@@ -97,6 +104,8 @@ class KernelFunc:
     rule: str | None = None
     """Name of the schedule rule that produced `scheduled`."""
     calls: int = 0
+    strategy: str | None = None
+    """The target strategy that lowered the anchor (lowering/strategy.py), None for `lower()`."""
 
     @property
     def final(self) -> PrimFunc:
@@ -163,13 +172,46 @@ class _GroupTE:
     constants: list[tuple[Tensor, np.ndarray]]
     outputs: list[Value]
     out_tensors: list[Tensor]
+    strategies: list[str] = field(default_factory=list)
 
 
-def _lower_node(node: Node, args: Sequence[Tensor]) -> tuple[Tensor, ...]:
+def _strategy_lower(
+    node: Node, sig: Sig, args: Sequence[Tensor], target: TargetPreset, strict: bool
+) -> tuple[object, str] | None:
+    """A target strategy's TE for `node`, or None (no strategy applies: use `lower()`).
+
+    A strategy that raises is skipped with a warning (the generic `lower()` is always
+    correct), unless `strict` (tests)."""
+    try:
+        return lower_with_strategy(node.op, sig, args, target)
+    except Exception as e:
+        if strict:
+            raise LoweringError(
+                f"{node.op}: strategy for {target.schedule_family} raised "
+                f"{type(e).__name__}: {e}\n  in node: {node!r}"
+            ) from e
+        log.warning("lowering strategy for %s on %s failed (%s: %s); using lower()",
+                    node.op, target.schedule_family, type(e).__name__, e)
+        return None
+
+
+def _lower_node(
+    node: Node,
+    args: Sequence[Tensor],
+    target: TargetPreset | None = None,
+    strict: bool = False,
+    used: list[str] | None = None,
+) -> tuple[Tensor, ...]:
     opdef = get_op(node.op)
     sig = Sig(tuple(v.type for v in node.inputs), tuple(o.type for o in node.outputs), node.attrs)
+    found = None if target is None else _strategy_lower(node, sig, args, target, strict)
     try:
-        out = opdef.lower(sig, *args)
+        if found is not None:
+            out, name = found
+            if used is not None:
+                used.append(name)
+        else:
+            out = opdef.lower(sig, *args)
     except QCompilerError as e:
         raise LoweringError(f"{node.op}: {e}\n  in node: {node!r}") from None
     except Exception as e:  # a bug in a lower(): report it with the node, keep the cause
@@ -202,7 +244,9 @@ def _copy(src: Tensor) -> Tensor:
     return te.compute(src.shape, lambda *i: src[i], name=f"{src.op.name}_copy")
 
 
-def _lower_group_te(graph: Graph, group: KernelGroup) -> _GroupTE:
+def _lower_group_te(
+    graph: Graph, group: KernelGroup, target: TargetPreset | None = None, strict: bool = False
+) -> _GroupTE:
     members = {id(n) for n in group.nodes if n.op != "const"}
     inputs: list[Value] = []
     env: dict[int, Tensor] = {}
@@ -221,11 +265,12 @@ def _lower_group_te(graph: Graph, group: KernelGroup) -> _GroupTE:
             if graph.is_const(v):
                 input_data[ph] = graph.const_data(v)
 
+    used: list[str] = []
     with te_lib.lowering_context(input_data) as ctx:
         for n in group.nodes:
             if n.op == "const":
                 continue
-            outs = _lower_node(n, [env[id(v)] for v in n.inputs])
+            outs = _lower_node(n, [env[id(v)] for v in n.inputs], target, strict, used)
             for v, t in zip(n.outputs, outs):
                 env[id(v)] = t
 
@@ -247,7 +292,26 @@ def _lower_group_te(graph: Graph, group: KernelGroup) -> _GroupTE:
             seen.add(t)
             outputs.append(v)
             out_tensors.append(t)
-    return _GroupTE(inputs, placeholders, list(ctx.constants), outputs, out_tensors)
+    # an input no output reads (the original weight of a strategy that packed its own copy)
+    # is not a kernel parameter: it would be bound, and shipped, for nothing
+    read = _reachable_ops(out_tensors)
+    keep = [k for k, ph in enumerate(placeholders) if ph.op in read]
+    inputs = [inputs[k] for k in keep]
+    placeholders = [placeholders[k] for k in keep]
+    return _GroupTE(inputs, placeholders, list(ctx.constants), outputs, out_tensors, used)
+
+
+def _reachable_ops(outs: Sequence[Tensor]) -> set[object]:
+    """The TE operations the tensors `outs` are computed from (themselves included)."""
+    seen: set[object] = set()
+    stack = [t.op for t in outs]
+    while stack:
+        op = stack.pop()
+        if op in seen:
+            continue
+        seen.add(op)
+        stack.extend(t.op for t in getattr(op, "input_tensors", ()))
+    return seen
 
 
 # --- the whole graph -----------------------------------------------------------------------------
@@ -305,14 +369,22 @@ def _order_groups(graph: Graph, groups: Sequence[KernelGroup]) -> list[KernelGro
     ]
 
 
-def lower_graph(graph: Graph, groups: Sequence[KernelGroup] | None = None) -> LoweredGraph:
-    """Lower every group to a PrimFunc (unscheduled); share structurally identical ones."""
+def lower_graph(
+    graph: Graph,
+    groups: Sequence[KernelGroup] | None = None,
+    target: TargetPreset | None = None,
+    strict: bool = False,
+) -> LoweredGraph:
+    """Lower every group to a PrimFunc (unscheduled); share structurally identical ones.
+
+    With a `target`, ops with a strategy for its schedule family use it (lowering/strategy.py);
+    `strict` re-raises a failing strategy instead of falling back to `lower()`."""
     groups = default_groups(graph) if groups is None else list(groups)
     lowered = LoweredGraph(graph)
     by_key: dict[object, KernelFunc] = {}
     used_names: set[str] = {"main"}
     for group in _order_groups(graph, groups):
-        gte = _lower_group_te(graph, group)
+        gte = _lower_group_te(graph, group, target, strict)
         if not gte.outputs:
             continue  # nothing computed here is used: dead code
         params = [*gte.placeholders, *(t for t, _ in gte.constants), *gte.out_tensors]
@@ -334,6 +406,7 @@ def lower_graph(graph: Graph, groups: Sequence[KernelGroup] | None = None) -> Lo
                 anchor.op,
                 tuple(n.op for n in group.nodes if n.op != "const"),
                 get_op(anchor.op).schedule_kind,
+                strategy=",".join(gte.strategies) or None,
             )
             by_key[key] = kf
             lowered.funcs.append(kf)
@@ -393,9 +466,11 @@ def to_relax(
     graph: Graph,
     groups: Sequence[KernelGroup] | None = None,
     schedule: Callable[[KernelFunc], tuple[PrimFunc | None, str | None]] | None = None,
+    target: TargetPreset | None = None,
 ) -> tuple[IRModule, LoweredGraph]:
-    """Lower, optionally schedule (`schedule(kf) -> (PrimFunc | None, rule name)`), build."""
-    lowered = lower_graph(graph, groups)
+    """Lower (with `target`'s strategies), optionally schedule (`schedule(kf) -> (PrimFunc |
+    None, rule name)`), build."""
+    lowered = lower_graph(graph, groups, target)
     if schedule is not None:
         lowered.schedule(schedule)
     return build_relax(lowered), lowered

@@ -22,8 +22,11 @@ from tvm import relax, te, tirx, topi
 from tvm.ir import IRModule
 from tvm.s_tir import Schedule
 from tvm.s_tir.schedule import SBlockRV as BlockRV
+from tvm.s_tir import TensorIntrin
 from tvm.s_tir.schedule import ScheduleError
+from tvm.script import tirx as T
 from tvm.target import Target
+from tvm.target.codegen import llvm_version_major
 from tvm.tirx import PrimFunc
 
 TVM_VERSION: str = str(tvm.__version__)
@@ -37,10 +40,22 @@ RuntimeTensor = tvm.runtime.Tensor
 ITER_SPATIAL = int(tirx.IterVar.DataPar)
 ITER_REDUCE = int(tirx.IterVar.CommReduce)
 
+# NOTE: TVM's VectorizeLoop scalarizes a whole vectorized loop when it meets a call to an op
+# without the `TVectorizable` attribute, and 0.27 leaves it off `tirx.nearbyint` and
+# `tirx.isnan`, so every requantize epilogue (te_lib.round_half_even, the NaN checks) ran as
+# scalar code inside `vectorize`d loops. Both lower to LLVM operations that take vectors
+# (`llvm.nearbyint.v16f32`, `fcmp uno`) with the same per-lane result (checked bit for bit in
+# tests/codegen/test_x86_vnni.py), so they are marked vectorizable here, once per process.
+VECTORIZABLE_OPS = ("tirx.nearbyint", "tirx.isnan")
+for _op in VECTORIZABLE_OPS:
+    if not tvm.ir.Op.get(_op).get_attr("TVectorizable"):
+        tvm.ir.register_op_attr(_op, "TVectorizable", True)
+
 __all__ = [
     "ITER_REDUCE",
     "ITER_SPATIAL",
     "TVM_VERSION",
+    "VECTORIZABLE_OPS",
     "BlockRV",
     "Executable",
     "IRModule",
@@ -49,8 +64,10 @@ __all__ = [
     "RuntimeTensor",
     "Schedule",
     "ScheduleError",
+    "T",
     "Target",
     "Tensor",
+    "TensorIntrin",
     "block_info",
     "child_blocks",
     "compile_module",
@@ -61,6 +78,7 @@ __all__ = [
     "get_block",
     "int_shape",
     "is_placeholder",
+    "llvm_version_major",
     "loop_extent",
     "new_schedule",
     "relax",

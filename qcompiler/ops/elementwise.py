@@ -289,6 +289,48 @@ def _add_reference(sig: Sig, a: np.ndarray, b: np.ndarray, relu: bool) -> np.nda
     return quant_vec(c, inv_f(oq.scale_value), oq, sig.out.dtype).reshape(sig.out.shape)
 
 
+def _add_lower(sig: Sig, a: Any, b: Any, relu: bool) -> Any:
+    from qcompiler.lowering import te_lib
+    from qcompiler.lowering.te_vecmath import q_vec_torch
+    from qcompiler.lowering.tvm_compat import te
+
+    qa, qb, oq = sig.in_types[0].qparams, sig.in_types[1].qparams, sig.out.qparams
+    assert qa is not None and qb is not None and oq is not None
+    shape, dt = sig.out.shape, sig.out.dtype
+    inv = te_lib.f32_const(inv_f(oq.scale_value))
+
+    def body(i: tuple[Any, ...]) -> Any:
+        da = te_lib.dequantize_fma_value(te_lib.broadcast_load(a, i, shape), qa.scale_value,
+                                         qa.zp_value)
+        db = te_lib.dequantize_fma_value(te_lib.broadcast_load(b, i, shape), qb.scale_value,
+                                         qb.zp_value)
+        c = da + db
+        if relu:
+            c = te.max(c, te_lib.f32_const(0.0))
+        return q_vec_torch(c, inv, oq.zp_value, dt)
+
+    return te_lib.elementwise(shape, body, "qnn_add_relu" if relu else "qnn_add")
+
+
+def _mul_lower(sig: Sig, a: Any, b: Any, relu: bool) -> Any:
+    from qcompiler.lowering import te_lib
+    from qcompiler.lowering.te_vecmath import requantize_torch
+    from qcompiler.lowering.tvm_compat import te
+
+    qa, qb, oq = sig.in_types[0].qparams, sig.in_types[1].qparams, sig.out.qparams
+    assert qa is not None and qb is not None and oq is not None
+    shape, dt = sig.out.shape, sig.out.dtype
+    m = F32(F32(qa.scale_value) * F32(qb.scale_value)) * inv_f(oq.scale_value)
+
+    def body(i: tuple[Any, ...]) -> Any:
+        xa = te_lib.broadcast_load(a, i, shape).astype("int32") - te.const(qa.zp_value, "int32")
+        xb = te_lib.broadcast_load(b, i, shape).astype("int32") - te.const(qb.zp_value, "int32")
+        out = requantize_torch(xa * xb, float(m), oq.zp_value, dt)
+        return te.max(out, te.const(oq.zp_value, dt.storage)) if relu else out
+
+    return te_lib.elementwise(shape, body, "qnn_mul_relu" if relu else "qnn_mul")
+
+
 _ADD_NOTE = (
     "PyTorch's quantized add runs a vectorized formula (fma dequantize, zp added after rint) on"
     " the bulk of each contiguous run and a scalar one (subtract dequantize, quantize_val) on the"
@@ -317,6 +359,9 @@ class QAdd(_QBinary):
     def reference(self, sig: Sig, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return _add_reference(sig, a, b, relu=False)
 
+    def lower(self, sig: Sig, a: Any, b: Any) -> Any:
+        return _add_lower(sig, a, b, relu=False)
+
 
 @register_op
 class QAddRelu(_QBinary):
@@ -331,6 +376,9 @@ class QAddRelu(_QBinary):
 
     def reference(self, sig: Sig, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return _add_reference(sig, a, b, relu=True)
+
+    def lower(self, sig: Sig, a: Any, b: Any) -> Any:
+        return _add_lower(sig, a, b, relu=True)
 
 
 def _mul_reference(sig: Sig, a: np.ndarray, b: np.ndarray, relu: bool) -> np.ndarray:
@@ -361,6 +409,9 @@ class QMul(_QBinary):
     def reference(self, sig: Sig, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return _mul_reference(sig, a, b, relu=False)
 
+    def lower(self, sig: Sig, a: Any, b: Any) -> Any:
+        return _mul_lower(sig, a, b, relu=False)
+
 
 @register_op
 class QMulRelu(_QBinary):
@@ -373,6 +424,9 @@ class QMulRelu(_QBinary):
 
     def reference(self, sig: Sig, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return _mul_reference(sig, a, b, relu=True)
+
+    def lower(self, sig: Sig, a: Any, b: Any) -> Any:
+        return _mul_lower(sig, a, b, relu=True)
 
 
 # --- scalar ops ------------------------------------------------------------------------------
@@ -456,6 +510,28 @@ class _QAddScalar(_QScalar):
             out = np.maximum(out, np.asarray(zp).astype(out.dtype))
         return out
 
+    def lower(self, sig: Sig, x: Any) -> Any:
+        from qcompiler.lowering import te_lib
+        from qcompiler.lowering.te_vecmath import requantize_torch
+        from qcompiler.lowering.tvm_compat import te
+
+        qp = sig.in_types[0].qparams
+        assert qp is not None
+        dt = sig.out.dtype
+        s, zp, cq = add_scalar_qparams(qp, dt, float(sig.attrs.scalar))
+        copy = dt.qmin <= qp.zp_value - cq <= dt.qmax
+        m = F32(F32(qp.scale_value) * inv_f(s))
+
+        def body(i: tuple[Any, ...]) -> Any:
+            if copy:
+                out = x[i]
+            else:
+                acc = x[i].astype("int32") - te.const(qp.zp_value - cq, "int32")
+                out = requantize_torch(acc, float(m), zp, dt)
+            return te.max(out, te.const(zp, dt.storage)) if self.relu else out
+
+        return te_lib.elementwise(sig.out.shape, body, self.name.replace(".", "_"))
+
 
 @register_op
 class QAddScalar(_QAddScalar):
@@ -509,6 +585,28 @@ class _QMulScalar(_QScalar):
         if self.relu:
             out = np.maximum(out, np.asarray(floor).astype(out.dtype))
         return out
+
+    def lower(self, sig: Sig, x: Any) -> Any:
+        from qcompiler.lowering import te_lib
+        from qcompiler.lowering.tvm_compat import te
+
+        qp = sig.in_types[0].qparams
+        assert qp is not None
+        dt, c = sig.out.dtype, float(sig.attrs.scalar)
+        _, zp = mul_scalar_qparams(qp, dt, c)
+        floor = qp.zp_value if c > 0 else zp
+
+        def body(i: tuple[Any, ...]) -> Any:
+            if c == 0:
+                return te.const(0, dt.storage)
+            if c > 0:
+                out = x[i]
+            else:
+                out = (te.const(dt.qmax + dt.qmin, "int32") - x[i].astype("int32")).astype(
+                    dt.storage)
+            return te.max(out, te.const(floor, dt.storage)) if self.relu else out
+
+        return te_lib.elementwise(sig.out.shape, body, self.name.replace(".", "_"))
 
 
 @register_op
@@ -627,6 +725,50 @@ class _QCat(OpDef):
         if self.relu and not nhwc:
             out = np.maximum(out, np.asarray(oq.zp_value).astype(out.dtype))
         return out
+
+    def lower(self, sig: Sig, *xs: Any) -> Any:
+        from qcompiler.lowering import te_lib
+        from qcompiler.lowering.te_vecmath import q_vec_torch
+        from qcompiler.lowering.tvm_compat import te, tirx
+
+        oq, dt = sig.out.qparams, sig.out.dtype
+        assert oq is not None
+        ax = int(sig.attrs.axis) % sig.out.rank
+        nhwc = cat_takes_nhwc_path(int(sig.attrs.axis), sig.in_types)
+        zero = te_lib.f32_const(0.0)
+
+        def value(x: Any, t: TensorType, i: tuple[Any, ...]) -> Any:
+            qp = t.qparams
+            assert qp is not None
+            q = x[i]
+            if not nhwc:
+                d = te_lib.dequantize_value(q, qp.scale_value, qp.zp_value)
+                out = te_lib.q_fbgemm_value(d, inv_f(oq.scale_value), oq.zp_value, dt)
+                return te.max(out, te.const(oq.zp_value, dt.storage)) if self.relu else out
+            if qp.scale_value == oq.scale_value and qp.zp_value == oq.zp_value and \
+                    not self.relu:
+                return q
+            dv = te_lib.dequantize_fma_value(q, qp.scale_value, qp.zp_value)
+            ds = te_lib.dequantize_value(q, qp.scale_value, qp.zp_value)
+            if self.relu:
+                dv, ds = te.max(dv, zero), te.max(ds, zero)
+            vec = q_vec_torch(dv, te_lib.f32_const(inv_d(oq.scale_value)), oq.zp_value, dt)
+            val = te_lib.q_val_value(ds, te_lib.f32_const(inv_f(oq.scale_value)),
+                                     te_lib.f32_const(oq.zp_value), dt)
+            return tirx.Select(i[1] < t.shape[1] // 8 * 8, vec, val)
+
+        def body(i: tuple[Any, ...]) -> Any:
+            # the last input that starts at or before i[ax]; if_then_else loads lazily
+            offsets = np.cumsum([0] + [t.shape[ax] for t in sig.in_types])
+            out = None
+            for k in reversed(range(len(xs))):
+                j = i[:ax] + (i[ax] - int(offsets[k]),) + i[ax + 1:]
+                v = value(xs[k], sig.in_types[k], j)
+                out = v if out is None else tirx.if_then_else(i[ax] >= int(offsets[k + 1]),
+                                                                out, v)
+            return out
+
+        return te_lib.elementwise(sig.out.shape, body, self.name.replace(".", "_"))
 
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         cases: tuple[tuple[int, tuple[tuple[int, ...], ...]], ...] = (

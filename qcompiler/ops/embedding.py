@@ -23,6 +23,7 @@ int32 and int64 indices/offsets, empty bags).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +131,24 @@ def packed_weight(torch: Any, q: np.ndarray, qp: QParams, dtype: DType) -> Any:
     return torch.ops.quantized.embedding_bag_prepack(qw)
 
 
+
+def _clamped_row(index: Any, rows: int) -> Any:
+    """An index tensor element clamped into [0, rows) as int32 (TE/TIR expression)."""
+    from qcompiler.lowering.tvm_compat import expr_dtype, te
+
+    dt = expr_dtype(index)
+    return te.max(te.min(index, te.const(rows - 1, dt)), te.const(0, dt)).astype("int32")
+
+
+def tirx_select(cond: Any, a: Any, b: Any) -> Any:
+    """tirx.Select(cond, a, b) with int32 immediates for Python ints."""
+    from qcompiler.lowering.tvm_compat import te, tirx
+
+    def prim(v: Any) -> Any:
+        return te.const(v, "int32") if isinstance(v, int) else v
+
+    return tirx.Select(cond, prim(a), prim(b))
+
 # --- embedding -----------------------------------------------------------------------------------
 
 
@@ -160,6 +179,29 @@ class QEmbedding(OpDef):
         pos = np.arange(flat.size)
         out = bag_sums(q, w.qparams, w.dtype, flat, pos, pos + 1, None, None)
         return out.reshape(sig.out.shape)
+
+    def lower(self, sig: Sig, q: Any, idx: Any) -> Any:
+        """out[..., d] = fma(f32(q[r, d]), s_r, f32(0 + b_r)), the per-row scale and bias
+        tables computed by `row_params` (the reference's numpy) as kernel constants.
+
+        Out-of-range indices (the interpreter raises InterpretError) read the nearest valid
+        row (clamped): compiled code never reads outside the table.
+        """
+        from qcompiler.lowering import te_lib
+
+        w = sig.in_types[0]
+        assert w.qparams is not None
+        s_r, b_r = row_params(w.qparams, w.dtype)
+        st = te_lib.constant(s_r, "embedding_row_scale")
+        bt = te_lib.constant(b_r, "embedding_row_bias")
+        rank = len(sig.in_types[1].shape)
+        zero = te_lib.fence(te_lib.f32_const(0.0))  # the bag's initial accumulator
+
+        def value(i: tuple[Any, ...]) -> Any:
+            r = _clamped_row(idx[i[:rank]], w.shape[0])
+            return te_lib.fma(q[r, i[rank]].astype("float32"), st[r], zero + bt[r])
+
+        return te_lib.elementwise(sig.out.shape, value, "qnn_embedding")
 
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         # index shapes are unusual on purpose: random graphs (tests/ir) reuse any value of the
@@ -289,6 +331,93 @@ class QEmbeddingBag(OpDef):
         check_index_values(self.name, flat, n)
         skip = None if a.padding_idx is None else flat == a.padding_idx % n
         return bag_sums(q, w.qparams, w.dtype, flat, starts, ends, psw, skip)
+
+    def lower(self, sig: Sig, q: Any, idx: Any, *rest: Any) -> Any:
+        """fbgemm's accumulation (module docstring), bag by bag, entry by entry in order, as
+        one opaque loop nest (`te.extern`): bag boundaries are data.
+
+        Invalid data, which the interpreter rejects with InterpretError, gives defined
+        results: an index outside the table reads the nearest valid row (clamped); offsets
+        are clamped into [0, len(indices)] and a bag that would end before it starts is
+        empty. On valid inputs the result equals the interpreter's bit for bit.
+        """
+        from qcompiler.lowering import te_lib
+        from qcompiler.lowering.tvm_compat import expr_dtype, te
+
+        a: QEmbeddingBagAttrs = sig.attrs
+        w = sig.in_types[0]
+        assert w.qparams is not None
+        n_rows, dim = w.shape
+        ishape = sig.in_types[1].shape
+        n_idx = int(np.prod(ishape))
+        bags = sig.out.shape[0]
+        two_d = len(ishape) == 2
+        offsets = None if two_d else rest[0]
+        psw = (rest[0] if rest else None) if two_d else (rest[1] if len(rest) > 1 else None)
+        s_r, b_r = row_params(w.qparams, w.dtype)
+        tensors = [q, idx, te_lib.constant(s_r, "embedding_bag_row_scale"),
+                   te_lib.constant(b_r, "embedding_bag_row_bias")]
+        if offsets is not None:
+            tensors.append(offsets)
+        if psw is not None:
+            tensors.append(psw)
+        pad = None if a.padding_idx is None else a.padding_idx % n_rows
+
+        def body(ins: Any, outs: Any) -> Any:
+            from tvm.script.ir_builder import IRBuilder
+            from tvm.script.ir_builder import tirx as T
+
+            qb, ib, sb, bb = ins[:4]
+            ob = ins[4] if offsets is not None else None
+            pb = ins[-1] if psw is not None else None
+            out = outs[0]
+
+            def entry(pos: Any) -> tuple[Any, ...]:
+                """The index tensor position of flat entry `pos`."""
+                return (pos // ishape[1], pos % ishape[1]) if two_d else (pos,)
+
+            def bound(k: Any) -> Any:
+                assert ob is not None
+                return te.max(te.min(ob[k].astype("int64"), te.const(n_idx, "int64")),
+                              te.const(0, "int64")).astype("int32")
+
+            with IRBuilder() as irb, T.prim_func():
+                loop = T.parallel if bags * max(n_idx, 1) * dim >= 1 << 14 else T.serial
+                with loop(0, bags) as k:
+                    if two_d:
+                        start, end = k * ishape[1], (k + 1) * ishape[1]
+                    else:
+                        start = bound(k)
+                        if a.include_last_offset:
+                            end = te.max(bound(k + 1), start)
+                        else:  # the last bag ends at len(indices)
+                            nxt = bound(te.min(k + 1, te.const(bags - 1, "int32")))
+                            end = te.max(tirx_select(k + 1 < bags, nxt, n_idx), start)
+                    with T.serial(0, dim) as d:
+                        T.buffer_store(out, te_lib.f32_const(0.0), [k, d])
+                    with T.serial(start, end) as e:
+                        raw = ib[entry(e)]
+                        r = _clamped_row(raw, n_rows)
+                        s, b = sb[r], bb[r]
+                        if pb is not None:
+                            wgt = pb[entry(e)]
+                            s, b = te_lib.fence(s * wgt), te_lib.fence(b * wgt)
+                        keep = None if pad is None else raw != te.const(pad, expr_dtype(raw))
+                        with contextlib.ExitStack() as stack:
+                            if keep is not None:
+                                stack.enter_context(T.If(keep))
+                                stack.enter_context(T.Then())
+                            with T.serial(0, dim) as d:
+                                acc = out[k, d]
+                                T.buffer_store(out, te_lib.fma(
+                                    qb[r, d].astype("float32"), s, acc + b), [k, d])
+            return irb.get().body
+
+        acc = te.extern([(bags, dim)], tensors, body, name="qnn_embedding_bag_acc",
+                        dtype=["float32"])
+        # NOTE: a PrimFunc that is one extern block has no "root" block for the schedule
+        # rules to start from; the (cheap) copy gives it one
+        return te.compute((bags, dim), lambda k, d: acc[k, d], name="qnn_embedding_bag")
 
     def _bags(self, offsets: np.ndarray, length: int, include_last: bool,
               ) -> tuple[np.ndarray, np.ndarray]:

@@ -141,6 +141,11 @@ class FloatOp(OpDef):
     rtol: ClassVar[float] = 0.0
     """|ours - torch| <= rtol * error scale (0: bit-exact). Measured on the samples."""
 
+    compiled_tolerance: ClassVar[float] = 0.0
+    """Compiled code vs the interpreter: |diff| <= compiled_tolerance * error scale (0: equal
+    bit for bit). Nonzero only where numpy's float64 result cannot be reproduced exactly
+    (docs/lowering.md, "Float ops")."""
+
     def error_scale(self, sig: Sig, arrays: tuple[np.ndarray, ...], out: np.ndarray) -> float:
         """What the tolerance is relative to; default: the largest finite |output|."""
         return _finite_max_abs(out)
@@ -166,7 +171,509 @@ def _rtol_note(rtol: float, scale: str, worst: str) -> str:
             f" PyTorch's float32 kernels; measured worst {worst})")
 
 
+_TRANSCENDENTAL = 2.0**-23
+"""compiled_tolerance of ops built on float64 exp/log/tanh/pow: numpy computes these with its
+own SIMD code (SVML on AVX-512 hosts, so the interpreter itself differs between machines),
+compiled code calls libm; the float64 results differ in the last bits, so the float32 results
+differ by at most 1 ulp of the error scale (more ulps only where the op cancels, e.g. gelu's
+1 + tanh(x) near x = -6, still within this tolerance)."""
+_BLAS_ORDER = 2.0**-23
+"""compiled_tolerance of matmul/linear/conv2d: the interpreter accumulates in float64 in
+BLAS's (np.matmul) or einsum's order, which is machine dependent; compiled code sums the
+(exact) float64 products in its own fixed order, so the float32 results differ by at most
+1 ulp of the error scale, and only when the float64 sums straddle a float32 rounding point."""
 _EXACT_NOTE = "float op: |diff| <= 0 (same IEEE float32 operations as PyTorch's kernel)"
+
+
+# --- lowering helpers (TE; TVM is imported lazily: ops/ must import without it) -------------
+#
+# Every lower() is the TE twin of its reference, operation for operation and in the same float
+# width: float32 steps stay float32, float64 steps (transcendentals, sums) run in float64 and
+# round to float32 once at the end. Products a later add must not fuse with go through
+# te_lib.fence (TVM contracts a * b + c into an FMA; docs/lowering.md). Float64 products of
+# two float32 values are exact, so those need no fence.
+
+
+def _tvm() -> tuple[Any, Any, Any]:
+    """(te_lib, te, tirx)."""
+    from qcompiler.lowering import te_lib
+    from qcompiler.lowering.tvm_compat import te, tirx
+
+    return te_lib, te, tirx
+
+
+def _kname(op: str) -> str:
+    """The TE name of an op's final compute ("f.add" -> "f_add")."""
+    return op.replace(".", "_")
+
+
+def _is_float_expr(v: Any) -> bool:
+    from qcompiler.lowering.tvm_compat import expr_dtype
+
+    return expr_dtype(v).startswith("float")
+
+
+def _te_isnan(v: Any) -> Any:
+    _, te, _ = _tvm()
+    return te.isnan(v)
+
+
+def _te_max(a: Any, b: Any) -> Any:
+    """np.maximum: NaN propagates (TVM's max returns the other operand for a NaN)."""
+    _, te, tirx = _tvm()
+    if not _is_float_expr(a):
+        return te.max(a, b)
+    return tirx.Select(te.isnan(a), a, tirx.Select(te.isnan(b), b, te.max(a, b)))
+
+
+def _te_min(a: Any, b: Any) -> Any:
+    """np.minimum: NaN propagates."""
+    _, te, tirx = _tvm()
+    if not _is_float_expr(a):
+        return te.min(a, b)
+    return tirx.Select(te.isnan(a), a, tirx.Select(te.isnan(b), b, te.min(a, b)))
+
+
+def _te_tanh64(d: Any) -> Any:
+    """float64 tanh from libm (TVM's own tanh expansion differs from libm and numpy by ulps,
+    which 1 + tanh(x) near -1 amplifies)."""
+    _, _, tirx = _tvm()
+    return tirx.call_pure_extern("float64", "tanh", d)
+
+
+def _te_wrapping(kind: str, a: Any, b: Any) -> Any:
+    """int64 a + b, a - b or a * b modulo 2**64, as numpy computes them.
+
+    NOTE: TIR's signed `+ - *` carry LLVM's `nsw` (overflow is undefined) and its unsigned
+    ones are no better (`uint64(0) - x` compiled to 0), so the operands are split into
+    32-bit halves (16-bit limbs for the low product) whose partial results cannot overflow;
+    only the final shift drops bits, which `shl` does by definition.
+    """
+    _, te, _ = _tvm()
+
+    def c(v: int) -> Any:
+        return te.const(v, "int64")
+
+    m32, m16 = c(0xFFFFFFFF), c(0xFFFF)
+    al, bl = a & m32, b & m32  # [0, 2**32)
+    ah, bh = a >> c(32), b >> c(32)  # [-2**31, 2**31), arithmetic shift
+    if kind in ("add", "sub"):
+        lo = al + bl if kind == "add" else al - bl
+        hi = (ah + bh if kind == "add" else ah - bh) + (lo >> c(32))
+    else:
+        a1, a0, b1, b0 = al >> c(16), al & m16, bl >> c(16), bl & m16
+        mid = a1 * b0 + a0 * b1  # < 2**33
+        lo = a0 * b0 + ((mid & m16) << c(16))  # < 2**33
+        hi = ((lo >> c(32)) + (mid >> c(16)) + a1 * b1  # the high half of al * bl
+              + ((al * bh) & m32) + ((ah * bl) & m32))
+    return (hi << c(32)) | (lo & m32)
+
+
+def _te_div(a: Any, b: Any) -> Any:
+    """a / b (IEEE). A zero immediate divisor is fenced: TVM's constant folder refuses to
+    divide by zero, even in float."""
+    te_lib, _, tirx = _tvm()
+    if isinstance(b, tirx.FloatImm) and float(b.value) == 0.0:
+        b = te_lib.fence(b)
+    return a / b
+
+
+def _te_compare(kind: str, a: Any, b: Any) -> Any:
+    """a <kind> b as bool with IEEE semantics: NaN is unequal to everything.
+
+    NOTE: TVM emits ordered float compares (`!=` is false for NaN) and simplifies `x == x`
+    to true, so the NaN cases are spelled out.
+    """
+    _, te, tirx = _tvm()
+    plain = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le,
+             "gt": operator.gt, "ge": operator.ge}[kind]
+    if not _is_float_expr(a):
+        return plain(a, b)
+    unordered = tirx.Or(te.isnan(a), te.isnan(b))
+    if kind == "ne":
+        return tirx.Or(unordered, a != b)
+    return tirx.And(tirx.Not(unordered), plain(a, b))
+
+
+def _te_binop(kind: str, a: Any, b: Any) -> Any:
+    """The float32 / int64 elementwise operation `kind` of the Binary and BinaryScalar ops."""
+    te_lib, te, _ = _tvm()
+    is_float = _is_float_expr(a)
+    if kind in ("eq", "ne", "lt", "le", "gt", "ge"):
+        return _te_compare(kind, a, b)
+    if kind == "maximum":
+        return _te_max(a, b)
+    if kind == "minimum":
+        return _te_min(a, b)
+    if kind == "pow":  # float32 only: float64 pow rounded once
+        return te.power(a.astype("float64"), b.astype("float64")).astype("float32")
+    fn = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
+          "div": operator.truediv}[kind]
+    if not is_float:
+        return _te_wrapping(kind, a, b)
+    if kind == "mul":
+        return te_lib.fence(a * b)
+    if kind == "div":
+        return _te_div(a, b)
+    return fn(a, b)
+
+
+def _op_kind(op: str) -> str:
+    """The elementwise operation an op name stands for ("f.add_scalar" -> "add")."""
+    return op.removeprefix("f.").removesuffix("_scalar")
+
+
+def _te_scalar(value: float | np.generic, dtype: DType) -> Any:
+    """A Python number as an immediate of `dtype`, rounded as numpy's astype rounds it."""
+    te_lib, te, _ = _tvm()
+    with np.errstate(over="ignore"):
+        v = np.array(value).astype(dtype.np)[()]
+    c = te.const(float(v) if dtype.is_float else int(v), dtype.storage)
+    # NOTE: TVM's simplifier folds x * 0.0 to 0.0 (wrong for NaN and inf): hide float zeros
+    return te_lib.fence(c) if dtype.is_float and v == 0 else c
+
+
+def _te_cast(v: Any, src: DType, dst: DType) -> Any:
+    """Tensor.to(dst) for one element, with numpy's (x86) results where C leaves them undefined.
+
+    float -> int truncates toward zero; out of range (or NaN) gives the x86 "integer
+    indefinite" value as numpy does: INT64_MIN for int64, else the int32 conversion
+    (INT32_MIN when out of range) wrapped to the narrower type. float -> bool is x != 0
+    (NaN is true). Everything else is a plain conversion (round to nearest even, wrap).
+    """
+    _, te, tirx = _tvm()
+    if src is dst:
+        return v
+    if dst is b1:
+        if src.is_float:
+            return tirx.Or(te.isnan(v), v != te.const(0.0, src.storage))
+        return v != te.const(0, src.storage)
+    if src.is_float and not dst.is_float:
+        if src is f16:
+            v, src = v.astype("float32"), f32
+        wide, bits = ("int64", 63) if dst is i64 else ("int32", 31)
+        lo, hi = te.const(-(2.0**bits), src.storage), te.const(2.0**bits, src.storage)
+        ok = tirx.And(v >= lo, v < hi)  # false for NaN
+        safe = tirx.Select(ok, v, te.const(0.0, src.storage))
+        r = tirx.Select(ok, safe.astype(wide), te.const(-(2**bits), wide))
+        return r if wide == dst.storage else r.astype(dst.storage)
+    return v.astype(dst.storage)
+
+
+def materialize(t: Any, name: str) -> Any:
+    """`t` (float32 or float64), computed once per index even when read per element.
+
+    The generic schedules inline element-wise stages into all their consumers, which would
+    recompute a per-row statistic (a row sum's pairwise tree, a sqrt and divisions) for every
+    element of the row. A consumer that reads the statistic per element reads this instead:
+    a one-step reduction (never inlined) that stores the value in another dtype, exactly
+    (float32 widened to float64, float64 as its int64 bit pattern), then an element-wise
+    decode that the schedules inline into the consumers (a cast or a reinterpret).
+
+    NOTE (TVM 0.27 StorageRewrite): when a reduction's output buffer has the size and the
+    dtype of a buffer its update reads at the same index, and that read is the input's last
+    use, StorageRewrite puts the output in the input's memory; the reduction's init then
+    overwrites the input before the update reads it (a group-norm mean came out as -zx). The
+    dtype change rules that out. Two other tries failed: a te.extern copy (its block declares
+    no reads/writes, so `reverse_compute_at` moved a consumer above it) and a two-output
+    te.compute (create_prim_func splits it into one inlinable block per output).
+    """
+    _, te, tirx = _tvm()
+    shape = tuple(int(d) for d in t.shape)
+    dtype = str(t.dtype)
+    if dtype == "float32":
+        stored, decode = "float64", (lambda v: v.astype("float32"))
+        encode = (lambda v: v.astype("float64"))
+    elif dtype == "float64":
+        stored, decode = "int64", (lambda v: tirx.reinterpret("float64", v))
+        encode = (lambda v: tirx.reinterpret("int64", v))
+    else:
+        raise ValueError(f"materialize: float32 or float64 tensors only, got {dtype}")
+    once = te.reduce_axis((0, 1), name=f"{name}_once")
+    take = te.comm_reducer(lambda a, b: b, lambda d: tirx.const(0, str(d)), name="take")
+    kept = te.compute(shape, lambda *k: take(encode(t[k]), axis=once), name=f"{name}_{stored}")
+    return te.compute(shape, lambda *k: decode(kept[k]), name=name)
+
+
+# --- numpy's float64 summation order, in TE -------------------------------------------------
+#
+# The references sum float64 arrays with np.sum / np.mean. numpy's order (checked against
+# numpy 2.x on float32 arrays, where any other order shows): size-1 axes are dropped; the
+# maximal run of reduced axes at the end of the (C-contiguous) array is summed per row with
+# `pairwise_sum` (below); the other reduced axes are walked sequentially in C order, each row
+# sum added to the accumulator in turn. pairwise_sum(a, n): n < 8: sequential; n <= 128:
+# eight strided accumulators r[j] = a[j] + a[j+8] + ..., combined as
+# ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)), then the n % 8 leftovers added in order; n > 128:
+# split at n2 = n/2 rounded down to a multiple of 8 and add the two halves' pairwise sums.
+# Reproducing that order makes these float64 sums, and so the float32 results, bit-exact.
+
+_PW_BLOCK = 128
+"""numpy's PW_BLOCKSIZE: runs up to this long are summed with 8 accumulators, longer ones
+split in two."""
+_PW_LANES = 8
+
+
+def _pw_tree(n: int, start: int = 0) -> Any:
+    """numpy's pairwise split of a run of `n` (>= 8) elements starting at `start`: a leaf
+    (start, length) with length <= 128, or a pair [left, right] of subtrees."""
+    if n <= _PW_BLOCK:
+        return (start, n)
+    n2 = n // 2
+    n2 -= n2 % _PW_LANES
+    return [_pw_tree(n2, start), _pw_tree(n - n2, start + n2)]
+
+
+def _pw_leaves(tree: Any) -> list[tuple[int, int]]:
+    if isinstance(tree, tuple):
+        return [tree]
+    return _pw_leaves(tree[0]) + _pw_leaves(tree[1])
+
+
+def _sum_reducer(lanes: int) -> Any:
+    """A float64 sum over `lanes` independent accumulators starting at -0.0 (the exact
+    additive identity: -0.0 + x == x for every x, so the first add just copies, as numpy's
+    r[j] = a[j])."""
+    _, te, tirx = _tvm()
+
+    def combine(x: Any, y: Any) -> Any:
+        if lanes == 1:
+            return x + y
+        return [a + b for a, b in zip(x, y)]
+
+    def identity(*dtypes: Any) -> Any:
+        ids = [tirx.const(-0.0, str(t)) for t in dtypes]
+        return ids[0] if lanes == 1 else ids
+
+    return te.comm_reducer(combine, identity, name=f"np_sum{lanes}")
+
+
+def _unravel(flat: Any, axes: Sequence[int], shape: Sequence[int], idx: list[Any]) -> None:
+    """Write the C-order unravel of `flat` over `axes` into `idx`."""
+    for p in reversed(axes):
+        if p == axes[0]:
+            idx[p] = flat
+        else:
+            idx[p] = flat % shape[p]
+            flat = flat // shape[p]
+
+
+def _te_np_sum(load: Callable[[tuple[Any, ...]], Any], shape: Sequence[int],
+               axes: Sequence[int], name: str, run_axes: int | None = None) -> Any:
+    """np.sum(a, axis=axes) of the float64 array a[i] = load(i), in numpy's exact order.
+
+    `run_axes` caps how many trailing (non-unit) reduced axes form the pairwise run (None:
+    all of them, as numpy coalesces them in a C-contiguous array).
+    Returns a float64 te.Tensor over the kept axes (in order; rank 0 when all are reduced).
+    Stages: `<name>_pw` (8-lane partial sums of every 128-element leaf of every row, a
+    tuple reduction: 8 independent chains, which also makes it fast) and `<name>` (each
+    row's pairwise combination, added sequentially over the other reduced axes; element-wise
+    when there are none: `materialize` it before reading it once per element).
+    """
+    te_lib, te, tirx = _tvm()
+    shape = tuple(int(s) for s in shape)
+    nd = len(shape)
+    red = set(axes)
+    kept = [p for p in range(nd) if p not in red]
+    kshape = tuple(shape[p] for p in kept)
+    nonunit = [p for p in range(nd) if shape[p] != 1]
+    trail: list[int] = []
+    for p in reversed(nonunit):
+        if p not in red or (run_axes is not None and len(trail) == run_axes):
+            break
+        trail.insert(0, p)
+    outer = [p for p in sorted(red) if shape[p] != 1 and p not in trail]
+    n_trail = math.prod(shape[p] for p in trail)
+    n_outer = math.prod(shape[p] for p in outer)
+    if n_trail * n_outer == 0:  # an empty sum
+        return te.compute(kshape, lambda *k: te.const(0.0, "float64"), name=name)
+
+    def full(k: Sequence[Any], o: Any, t: Any) -> tuple[Any, ...]:
+        idx: list[Any] = [0] * nd
+        for p, v in zip(kept, k):
+            idx[p] = v
+        if outer:
+            _unravel(o, outer, shape, idx)
+        if trail:
+            _unravel(t, trail, shape, idx)
+        return tuple(idx)
+
+    row_sum: Callable[[Sequence[Any], Any], Any]
+    if n_trail < _PW_LANES:
+        def row_sum(k: Sequence[Any], o: Any) -> Any:
+            res = load(full(k, o, 0))
+            for t in range(1, n_trail):
+                res = res + load(full(k, o, t))
+            return res
+    else:
+        tree = _pw_tree(n_trail)
+        leaves = _pw_leaves(tree)
+        n_leaves = len(leaves)
+        blocks = [m // _PW_LANES for _, m in leaves]
+        uniform = all(b == blocks[0] for b in blocks)
+        if n_leaves == 1:
+            def leaf_start(lf: Any) -> Any:
+                return leaves[0][0]
+        else:
+            starts_t = te_lib.constant(np.array([s for s, _ in leaves], np.int32),
+                                       f"{name}_leaf_start")
+            blocks_t = te_lib.constant(np.array(blocks, np.int32), f"{name}_leaf_blocks")
+
+            def leaf_start(lf: Any) -> Any:
+                return starts_t[lf]
+        pshape = kshape + ((n_outer,) if outer else ()) + ((n_leaves,) if n_leaves > 1 else ())
+        nk = len(kshape)
+        t8 = te.reduce_axis((0, max(blocks)), name=f"{name}_t8")
+        reducer = _sum_reducer(_PW_LANES)
+
+        def partial(*ix: Any) -> Any:
+            k, rest = ix[:nk], ix[nk:]
+            o = rest[0] if outer else 0
+            lf = rest[-1] if n_leaves > 1 else 0
+            base = leaf_start(lf) + t8 * _PW_LANES
+            if uniform:
+                return reducer([load(full(k, o, base + j)) for j in range(_PW_LANES)], axis=t8)
+            # leaves of fewer blocks add the identity -0.0 in the extra steps, reading a
+            # clamped (valid) position. NOTE: te.create_prim_func drops `where=` on tuple
+            # reductions, hence the select.
+            live = t8 < blocks_t[lf]
+            zero = te.const(-0.0, "float64")
+            last = n_trail - 1
+            return reducer([tirx.Select(live, load(full(k, o, te.min(base + j, last))), zero)
+                            for j in range(_PW_LANES)], axis=t8)
+
+        parts = te.compute(pshape, partial, name=f"{name}_pw")
+        leaf_pos = {leaf: q for q, leaf in enumerate(leaves)}
+
+        def row_sum(k: Sequence[Any], o: Any) -> Any:
+            def leaf_sum(start: int, m: int) -> Any:
+                at = tuple(k) + ((o,) if outer else ()) + (
+                    (leaf_pos[(start, m)],) if n_leaves > 1 else ())
+                r = [parts[j][at] for j in range(_PW_LANES)]
+                res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+                for t in range(m - m % _PW_LANES, m):
+                    res = res + load(full(k, o, start + t))
+                return res
+
+            def walk(node: Any) -> Any:
+                if isinstance(node, tuple):
+                    return leaf_sum(*node)
+                return walk(node[0]) + walk(node[1])
+
+            return walk(tree)
+
+    if n_outer == 1:  # element-wise; consumers that read it per element `materialize` it
+        return te.compute(kshape, lambda *k: row_sum(k, 0), name=name)
+    ro = te.reduce_axis((0, n_outer), name=f"{name}_o")
+    seq = _sum_reducer(1)
+    return te.compute(kshape, lambda *k: seq(row_sum(k, ro), axis=ro), name=name)
+
+
+def _kept_index(i: Sequence[Any], dims: Sequence[int], keepdim: bool) -> tuple[Any, ...]:
+    """The index into a reduction result over the kept axes, from an output index that keeps
+    (keepdim) or drops the reduced dims."""
+    if keepdim:
+        return tuple(v for p, v in enumerate(i) if p not in dims)
+    return tuple(i)
+
+
+def _full_to_kept(i: Sequence[Any], dims: Sequence[int]) -> tuple[Any, ...]:
+    """The kept part of a full input index."""
+    return tuple(v for p, v in enumerate(i) if p not in dims)
+
+
+def _nan_extreme_reducer(which: str, dtype: str) -> Any:
+    """np.max / np.min as a TE reducer: NaN propagates; the identity is -inf / +inf (the
+    dtype's lowest / highest value for int64)."""
+    _, te, tirx = _tvm()
+
+    def combine(a: Any, b: Any) -> Any:
+        return _te_max(a, b) if which == "max" else _te_min(a, b)
+
+    def identity(t: Any) -> Any:
+        t = str(t)
+        if t.startswith("float"):
+            return tirx.const(-math.inf if which == "max" else math.inf, t)
+        info = np.iinfo(np.dtype(t))
+        return tirx.const(int(info.min if which == "max" else info.max), t)
+
+    return te.comm_reducer(combine, identity, name=f"nan_{which}")
+
+
+def _te_extreme(x: Any, dims: Sequence[int], which: str, name: str) -> Any:
+    """np.max / np.min of `x` over `dims`, as a tensor over the kept axes."""
+    _, te, _ = _tvm()
+    shape = tuple(int(s) for s in x.shape)
+    kept = [p for p in range(len(shape)) if p not in dims]
+    # size-1 axes are read at 0: a reduction whose input has its output's size would risk
+    # TVM's in-place buffer reuse (see `materialize`)
+    rax = {p: te.reduce_axis((0, shape[p]), name=f"{name}_r{p}") for p in dims if shape[p] != 1}
+    red = _nan_extreme_reducer(which, str(x.dtype))
+
+    def value(*k: Any) -> Any:
+        idx: list[Any] = [0] * len(shape)
+        for p, v in zip(kept, k):
+            idx[p] = v
+        for p, r in rax.items():
+            idx[p] = r
+        if not rax:
+            return x[tuple(idx)]
+        return red(x[tuple(idx)], axis=[rax[p] for p in sorted(rax)])
+
+    return te.compute(tuple(shape[p] for p in kept), value, name=name)
+
+
+_DOT_LANES = 16
+"""Interleaved accumulators of the float64 dot products of matmul/linear."""
+
+
+def _te_dot_f64(shape: Sequence[int], term: Callable[[tuple[Any, ...], tuple[Any, ...]], Any],
+                k_dims: Sequence[int], name: str) -> Any:
+    """sum over the reduction index k (extents `k_dims`) of term(i, k) in float64, for every
+    output index i, in a fixed order: 16 interleaved chains over the last reduction dim
+    (k[-1] = 16 t + j), combined as a balanced tree, plus the k[-1] % 16 leftover terms;
+    one sequential chain when the last dim has fewer than 32 terms.
+
+    The terms are products of two float32 values, exact in float64, so FMA contraction
+    cannot change the result. Independent chains keep the FPU busy: the generic schedules
+    keep a reduction's order, so one chain per output would run at one add per FPU latency.
+    """
+    _, te, _ = _tvm()
+    shape = tuple(int(s) for s in shape)
+    *outer, last = (int(d) for d in k_dims)
+    if last * math.prod(outer) == 0:
+        return te.compute(shape, lambda *i: te.const(0.0, "float64"), name=name)
+
+    def axes(tag: str, extents: Sequence[int]) -> list[Any]:
+        return [te.reduce_axis((0, d), name=f"{name}_{tag}{q}") for q, d in enumerate(extents)]
+
+    if last < 2 * _DOT_LANES:
+        ks = axes("k", k_dims)
+        return te.compute(shape, lambda *i: te.sum(term(i, tuple(ks)), axis=ks), name=name)
+    lanes, rem = _DOT_LANES, last % _DOT_LANES
+    ko = axes("o", outer)
+    t = te.reduce_axis((0, last // lanes), name=f"{name}_t")
+    red = _sum_reducer(lanes)
+    parts = te.compute(shape, lambda *i: red(
+        [term(i, (*ko, t * lanes + j)) for j in range(lanes)], axis=[*ko, t]),
+        name=f"{name}_lanes")
+    tail = None
+    if rem and outer:
+        kt = axes("r", (*outer, rem))
+        tail = te.compute(shape, lambda *i: te.sum(
+            term(i, (*kt[:-1], kt[-1] + (last - rem))), axis=kt), name=f"{name}_rest")
+
+    def combine(*i: Any) -> Any:
+        v = [p[i] for p in parts]
+        while len(v) > 1:
+            v = [v[q] + v[q + 1] for q in range(0, len(v), 2)]
+        res = v[0]
+        if tail is not None:
+            return res + tail[i]
+        for k in range(last - rem, last):
+            res = res + term(i, (k,))
+        return res
+
+    return te.compute(shape, combine, name=name)
 
 
 # --- unary elementwise ---------------------------------------------------------------------
@@ -189,6 +696,15 @@ class Unary(FloatOp):
 
     def compute(self, x: np.ndarray, attrs: Any) -> np.ndarray:
         raise NotImplementedError
+
+    def lower_value(self, v: Any, attrs: Any) -> Any:
+        """TE twin of `compute` for one float32 element `v` (a PrimExpr), float32 out."""
+        raise NotImplementedError(f"{self.name}: no lower_value")
+
+    def lower(self, sig: Sig, x: Any) -> Any:
+        te_lib, _, _ = _tvm()
+        return te_lib.elementwise(sig.out.shape, lambda i: self.lower_value(x[i], sig.attrs),
+                                  _kname(self.name))
 
     def torch_compute(self, t: Any, attrs: Any) -> Any:
         raise NotImplementedError
@@ -231,6 +747,9 @@ class Neg(Unary):
     def compute(self, x: np.ndarray, attrs: Any) -> np.ndarray:
         return -x
 
+    def lower_value(self, v: Any, attrs: Any) -> Any:
+        return -v
+
     def torch_compute(self, t: Any, attrs: Any) -> Any:
         return -t
 
@@ -246,6 +765,10 @@ class Abs(Unary):
     def compute(self, x: np.ndarray, attrs: Any) -> np.ndarray:
         return np.abs(x)
 
+    def lower_value(self, v: Any, attrs: Any) -> Any:
+        _, te, _ = _tvm()
+        return te.abs(v)
+
     def torch_compute(self, t: Any, attrs: Any) -> Any:
         return t.abs()
 
@@ -260,6 +783,9 @@ class Relu(Unary):
 
     def compute(self, x: np.ndarray, attrs: Any) -> np.ndarray:
         return np.maximum(x, np.float32(0))
+
+    def lower_value(self, v: Any, attrs: Any) -> Any:
+        return _te_max(v, _te_scalar(0.0, f32))
 
     def torch_compute(self, t: Any, attrs: Any) -> Any:
         return t.relu()
@@ -283,6 +809,10 @@ class Sqrt(Unary):
     def compute(self, x: np.ndarray, attrs: Any) -> np.ndarray:
         return np.sqrt(x)
 
+    def lower_value(self, v: Any, attrs: Any) -> Any:
+        _, te, _ = _tvm()
+        return te.sqrt(v)
+
     def torch_compute(self, t: Any, attrs: Any) -> Any:
         return t.sqrt()
 
@@ -298,6 +828,10 @@ class Rsqrt(Unary):
 
     def compute(self, x: np.ndarray, attrs: Any) -> np.ndarray:
         return np.float32(1) / np.sqrt(x)
+
+    def lower_value(self, v: Any, attrs: Any) -> Any:
+        _, te, _ = _tvm()
+        return _te_scalar(1.0, f32) / te.sqrt(v)
 
     def torch_compute(self, t: Any, attrs: Any) -> Any:
         return t.rsqrt()
@@ -315,6 +849,9 @@ class Reciprocal(Unary):
     def compute(self, x: np.ndarray, attrs: Any) -> np.ndarray:
         return np.float32(1) / x
 
+    def lower_value(self, v: Any, attrs: Any) -> Any:
+        return _te_scalar(1.0, f32) / v
+
     def torch_compute(self, t: Any, attrs: Any) -> Any:
         return t.reciprocal()
 
@@ -327,10 +864,15 @@ class Exp(Unary):
     torch_counterparts = ("torch.exp",)
     rtol = 2.5e-7
     max_lsb = rtol
+    compiled_tolerance = _TRANSCENDENTAL
     fidelity_note = _rtol_note(rtol, "max|out|", "9e-8 (0.75 eps)")
 
     def compute(self, x: np.ndarray, attrs: Any) -> np.ndarray:
         return np.exp(_f64(x))
+
+    def lower_value(self, v: Any, attrs: Any) -> Any:
+        _, te, _ = _tvm()
+        return te.exp(v.astype("float64")).astype("float32")
 
     def torch_compute(self, t: Any, attrs: Any) -> Any:
         return t.exp()
@@ -345,10 +887,15 @@ class Log(Unary):
     positive = True
     rtol = 2.5e-7
     max_lsb = rtol
+    compiled_tolerance = _TRANSCENDENTAL
     fidelity_note = _rtol_note(rtol, "max|out|", "8.3e-8")
 
     def compute(self, x: np.ndarray, attrs: Any) -> np.ndarray:
         return np.log(_f64(x))
+
+    def lower_value(self, v: Any, attrs: Any) -> Any:
+        _, te, _ = _tvm()
+        return te.log(v.astype("float64")).astype("float32")
 
     def torch_compute(self, t: Any, attrs: Any) -> Any:
         return t.log()
@@ -362,10 +909,14 @@ class Tanh(Unary):
     torch_counterparts = ("torch.tanh", "nn.Tanh")
     rtol = 2.5e-7
     max_lsb = rtol
+    compiled_tolerance = _TRANSCENDENTAL
     fidelity_note = _rtol_note(rtol, "max|out|", "6e-8")
 
     def compute(self, x: np.ndarray, attrs: Any) -> np.ndarray:
         return np.tanh(_f64(x))
+
+    def lower_value(self, v: Any, attrs: Any) -> Any:
+        return _te_tanh64(v.astype("float64")).astype("float32")
 
     def torch_compute(self, t: Any, attrs: Any) -> Any:
         return t.tanh()
@@ -379,10 +930,16 @@ class Sigmoid(Unary):
     torch_counterparts = ("torch.sigmoid", "nn.Sigmoid")
     rtol = 2.5e-7
     max_lsb = rtol
+    compiled_tolerance = _TRANSCENDENTAL
     fidelity_note = _rtol_note(rtol, "max|out|", "1.2e-7 (1 ulp at 1.0)")
 
     def compute(self, x: np.ndarray, attrs: Any) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-_f64(x)))
+
+    def lower_value(self, v: Any, attrs: Any) -> Any:
+        _, te, _ = _tvm()
+        one = te.const(1.0, "float64")
+        return (one / (one + te.exp(-v.astype("float64")))).astype("float32")
 
     def torch_compute(self, t: Any, attrs: Any) -> Any:
         return t.sigmoid()
@@ -403,6 +960,10 @@ class Erf(Unary):
 
     def compute(self, x: np.ndarray, attrs: Any) -> np.ndarray:
         return _erf64(_f64(x))
+
+    def lower_value(self, v: Any, attrs: Any) -> Any:
+        _, te, _ = _tvm()
+        return te.erf(v.astype("float64")).astype("float32")
 
     def torch_compute(self, t: Any, attrs: Any) -> Any:
         return t.erf()
@@ -427,6 +988,7 @@ class Gelu(Unary):
     torch_counterparts = ("F.gelu", "nn.GELU")
     rtol = 5e-7
     max_lsb = rtol
+    compiled_tolerance = _TRANSCENDENTAL
     fidelity_note = _rtol_note(rtol, "max|out|", "1.7e-7")
 
     def infer_type(self, attrs: GeluAttrs, x: TensorType) -> TensorType:
@@ -440,6 +1002,20 @@ class Gelu(Unary):
         if attrs.approximate == "tanh":
             return 0.5 * v * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v**3)))
         return v * 0.5 * (1.0 + _erf64(v / math.sqrt(2.0)))
+
+    def lower_value(self, v: Any, attrs: GeluAttrs) -> Any:
+        te_lib, te, _ = _tvm()
+        d = v.astype("float64")
+
+        def c(k: float) -> Any:
+            return te.const(k, "float64")
+
+        if attrs.approximate == "tanh":  # 0.5 * v * (1 + tanh(k * (v + 0.044715 * v**3)))
+            inner = d + te_lib.fence(c(0.044715) * te.power(d, c(3.0)))
+            y = c(0.5) * d * (c(1.0) + _te_tanh64(c(math.sqrt(2.0 / math.pi)) * inner))
+        else:  # v * 0.5 * (1 + erf(v / sqrt(2)))
+            y = d * c(0.5) * (c(1.0) + te.erf(d / c(math.sqrt(2.0))))
+        return y.astype("float32")
 
     def torch_compute(self, t: Any, attrs: GeluAttrs) -> Any:
         import torch.nn.functional as F
@@ -459,11 +1035,17 @@ class Silu(Unary):
     torch_counterparts = ("F.silu", "nn.SiLU")
     rtol = 2.5e-7
     max_lsb = rtol
+    compiled_tolerance = _TRANSCENDENTAL
     fidelity_note = _rtol_note(rtol, "max|out|", "1.1e-7")
 
     def compute(self, x: np.ndarray, attrs: Any) -> np.ndarray:
         v = _f64(x)
         return v / (1.0 + np.exp(-v))
+
+    def lower_value(self, v: Any, attrs: Any) -> Any:
+        _, te, _ = _tvm()
+        d = v.astype("float64")
+        return (d / (te.const(1.0, "float64") + te.exp(-d))).astype("float32")
 
     def torch_compute(self, t: Any, attrs: Any) -> Any:
         import torch.nn.functional as F
@@ -483,6 +1065,11 @@ class Hardswish(Unary):
         three, six = np.float32(3), np.float32(6)
         return x * np.minimum(np.maximum(x + three, np.float32(0)), six) / six
 
+    def lower_value(self, v: Any, attrs: Any) -> Any:
+        te_lib, _, _ = _tvm()
+        c = _te_min(_te_max(v + _te_scalar(3, f32), _te_scalar(0, f32)), _te_scalar(6, f32))
+        return te_lib.fence(v * c) / _te_scalar(6, f32)
+
     def torch_compute(self, t: Any, attrs: Any) -> Any:
         import torch.nn.functional as F
 
@@ -500,6 +1087,10 @@ class Hardsigmoid(Unary):
     def compute(self, x: np.ndarray, attrs: Any) -> np.ndarray:
         return np.minimum(np.maximum(x + np.float32(3), np.float32(0)), np.float32(6)) / \
             np.float32(6)
+
+    def lower_value(self, v: Any, attrs: Any) -> Any:
+        c = _te_min(_te_max(v + _te_scalar(3, f32), _te_scalar(0, f32)), _te_scalar(6, f32))
+        return c / _te_scalar(6, f32)
 
     def torch_compute(self, t: Any, attrs: Any) -> Any:
         import torch.nn.functional as F
@@ -524,6 +1115,11 @@ class LeakyRelu(Unary):
 
     def compute(self, x: np.ndarray, attrs: LeakyReluAttrs) -> np.ndarray:
         return np.where(x > 0, x, x * np.float32(attrs.negative_slope))
+
+    def lower_value(self, v: Any, attrs: LeakyReluAttrs) -> Any:
+        te_lib, _, tirx = _tvm()
+        neg = te_lib.fence(v * _te_scalar(attrs.negative_slope, f32))
+        return tirx.Select(v > _te_scalar(0, f32), v, neg)
 
     def torch_compute(self, t: Any, attrs: LeakyReluAttrs) -> Any:
         import torch.nn.functional as F
@@ -569,6 +1165,13 @@ class Clamp(Unary):
         if attrs.max is not None:
             x = np.minimum(x, np.float32(attrs.max))
         return x
+
+    def lower_value(self, v: Any, attrs: ClampAttrs) -> Any:
+        if attrs.min is not None:
+            v = _te_max(v, _te_scalar(attrs.min, f32))
+        if attrs.max is not None:
+            v = _te_min(v, _te_scalar(attrs.max, f32))
+        return v
 
     def torch_compute(self, t: Any, attrs: ClampAttrs) -> Any:
         return t.clamp(attrs.min, attrs.max)
@@ -633,6 +1236,16 @@ class Binary(FloatOp):
             b = rng.integers(1, 1000, (8,)).astype(np.int64)
             a[0, :3] = b[:3]
             yield self.case(attrs, (a, b), "i64")
+
+    def lower(self, sig: Sig, a: Any, b: Any) -> Any:
+        te_lib, _, _ = _tvm()
+        shape, kind = sig.out.shape, _op_kind(self.name)
+
+        def value(i: tuple[Any, ...]) -> Any:
+            return _te_binop(kind, te_lib.broadcast_load(a, i, shape),
+                             te_lib.broadcast_load(b, i, shape))
+
+        return te_lib.elementwise(shape, value, _kname(self.name))
 
     def torch_reference(self, sample: OpSample, sig: Sig) -> np.ndarray:
         return _numpy(self.torch_compute(*(_torch(a) for a in sample.arrays)))
@@ -709,6 +1322,7 @@ class Pow(Binary):
     dtypes = FLOAT
     rtol = 2.5e-7
     max_lsb = rtol
+    compiled_tolerance = _TRANSCENDENTAL
     fidelity_note = _rtol_note(rtol, "max|out|", "4e-9")
 
     def compute(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -874,6 +1488,21 @@ class BinaryScalar(FloatOp):
             s = np.array(sig.attrs.scalar).astype(x.dtype)[()]
             return _as(self.compute(x, s, sig.attrs.reverse), sig.out)
 
+    def lower_scalar(self, v: Any, s: np.generic, reverse: bool) -> Any:
+        """TE twin of `compute` for one element `v` and the rounded scalar `s`."""
+        c = _te_scalar(s, _dtype_of(np.asarray(s)))
+        a, b = (c, v) if reverse else (v, c)
+        return _te_binop(_op_kind(self.name), a, b)
+
+    def lower(self, sig: Sig, x: Any) -> Any:
+        te_lib, _, _ = _tvm()
+        dtype = sig.in_types[0].dtype
+        with np.errstate(all="ignore"):
+            s: Any = np.array(sig.attrs.scalar).astype(dtype.np)[()]
+        return te_lib.elementwise(
+            sig.out.shape, lambda i: self.lower_scalar(x[i], s, sig.attrs.reverse),
+            _kname(self.name))
+
     def sample_scalars(self) -> tuple[float, ...]:
         return (0.5, -3.0, 1e-3, 0.1, 7.25)
 
@@ -939,6 +1568,11 @@ class DivScalar(BinaryScalar):
         return (np.float32(1) / x) * s if reverse else x / s
 
 
+    def lower_scalar(self, v: Any, s: np.generic, reverse: bool) -> Any:
+        te_lib, _, _ = _tvm()
+        c = _te_scalar(s, f32)
+        return te_lib.fence((_te_scalar(1, f32) / v) * c) if reverse else _te_div(v, c)
+
 @register_op
 class PowScalar(BinaryScalar):
     """y = x ** s; reverse: y = s ** x (float32 tensors).
@@ -953,6 +1587,7 @@ class PowScalar(BinaryScalar):
     dtypes = FLOAT
     rtol = 2.5e-7
     max_lsb = rtol
+    compiled_tolerance = _TRANSCENDENTAL
     fidelity_note = _rtol_note(rtol, "max|out|", "1.2e-7; exponents 2, 3, -1, -2, -0.5 exact")
     fn = operator.pow
 
@@ -966,6 +1601,22 @@ class PowScalar(BinaryScalar):
         if float(s) in special:
             return special[float(s)](x)
         return np.power(_f64(x), np.float64(s))
+
+    def lower_scalar(self, v: Any, s: np.generic, reverse: bool) -> Any:
+        te_lib, te, _ = _tvm()
+        one = _te_scalar(1, f32)
+        s64 = te.const(float(s), "float64")
+        if reverse:
+            return te.power(s64, v.astype("float64")).astype("float32")
+        special: dict[float, Callable[[Any], Any]] = {
+            2.0: lambda w: te_lib.fence(w * w), 3.0: lambda w: te_lib.fence(w * w * w),
+            -1.0: lambda w: one / w, -2.0: lambda w: one / (w * w),
+            -0.5: lambda w: one / te.sqrt(w)}
+        if float(s) in special:
+            return special[float(s)](v)
+        if float(s) == 0.5:  # equal to pow for finite x, and numpy's NaN at -inf
+            return te.sqrt(v.astype("float64")).astype("float32")
+        return te.power(v.astype("float64"), s64).astype("float32")
 
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         for k, s in enumerate((2.0, 3.0, -1.0, -0.5, 0.5, 1.7, -2.0)):
@@ -1086,6 +1737,17 @@ class Where(FloatOp):
     def reference(self, sig: Sig, cond: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return _as(np.where(cond, a, b), sig.out)
 
+    def lower(self, sig: Sig, cond: Any, a: Any, b: Any) -> Any:
+        te_lib, _, tirx = _tvm()
+        shape = sig.out.shape
+
+        def value(i: tuple[Any, ...]) -> Any:
+            return tirx.Select(te_lib.broadcast_load(cond, i, shape),
+                               te_lib.broadcast_load(a, i, shape),
+                               te_lib.broadcast_load(b, i, shape))
+
+        return te_lib.elementwise(shape, value, "f_where")
+
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         shapes = (((4, 6), (4, 6), (4, 6)), ((1, 6), (3, 1), ()), ((2, 1, 5), (5,), (3, 5)))
         for sc, sa, sb in shapes:
@@ -1132,6 +1794,17 @@ class MaskedFill(FloatOp):
         with np.errstate(over="ignore"):
             v = np.array(sig.attrs.value).astype(x.dtype)
         return _as(np.where(mask, v, x), sig.out)
+
+    def lower(self, sig: Sig, x: Any, mask: Any) -> Any:
+        te_lib, _, tirx = _tvm()
+        shape = sig.out.shape
+        fill = _te_scalar(sig.attrs.value, sig.out.dtype)
+
+        def value(i: tuple[Any, ...]) -> Any:
+            return tirx.Select(te_lib.broadcast_load(mask, i, shape), fill,
+                               te_lib.broadcast_load(x, i, shape))
+
+        return te_lib.elementwise(shape, value, "f_masked_fill")
 
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         fmin = float(np.finfo(np.float32).min)
@@ -1188,6 +1861,19 @@ class Reduce(FloatOp):
             # keepdim only re-inserts size-1 dims: a reshape to the inferred shape
             return _as(self.compute(x, dims), sig.out).reshape(sig.out.shape)
 
+    def lower_reduced(self, x: Any, dims: tuple[int, ...], name: str) -> tuple[Any, str]:
+        """The reduction over the kept axes (a te.Tensor) and the output dtype's storage."""
+        raise NotImplementedError(f"{self.name}: no lower_reduced")
+
+    def lower(self, sig: Sig, x: Any) -> Any:
+        te_lib, _, _ = _tvm()
+        dims = normalize_dims(self.name, sig.attrs.dims, len(sig.in_types[0].shape))
+        name = _kname(self.name)
+        r, dtype = self.lower_reduced(x, dims, name + "_acc")
+        keep = sig.attrs.keepdim
+        return te_lib.elementwise(
+            sig.out.shape, lambda i: r[_kept_index(i, dims, keep)].astype(dtype), name)
+
     def error_scale(self, sig: Sig, arrays: tuple[np.ndarray, ...], out: np.ndarray) -> float:
         # Summation error grows with sum |x|, not with |sum x|.
         dims = normalize_dims(self.name, sig.attrs.dims, arrays[0].ndim)
@@ -1227,6 +1913,29 @@ class Sum(Reduce):
             return np.sum(_f64(x), axis=dims)
         return np.sum(x.astype(np.int64), axis=dims)
 
+    def lower_reduced(self, x: Any, dims: tuple[int, ...], name: str) -> tuple[Any, str]:
+        _, te, _ = _tvm()
+        shape = tuple(int(s) for s in x.shape)
+        if x.dtype == "float32":
+            return _te_np_sum(lambda i: x[i].astype("float64"), shape, dims, name), "float32"
+        # int64 / bool: exact; wraps modulo 2**64 like numpy
+        kept = [p for p in range(len(shape)) if p not in dims]
+        rax = {p: te.reduce_axis((0, shape[p]), name=f"{name}_r{p}") for p in dims
+               if shape[p] != 1}  # size-1 axes are read at 0 (see `_te_extreme`)
+        wrap_sum = te.comm_reducer(lambda u, v: _te_wrapping("add", u, v),
+                                   lambda t: te.const(0, t), name="wrapping_sum")
+
+        def value(*k: Any) -> Any:
+            idx: list[Any] = [0] * len(shape)
+            for p, v in zip(kept, k):
+                idx[p] = v
+            for p, ax in rax.items():
+                idx[p] = ax
+            v = x[tuple(idx)].astype("int64")
+            return wrap_sum(v, axis=[rax[p] for p in sorted(rax)]) if rax else v
+
+        return te.compute(tuple(shape[p] for p in kept), value, name=name), "int64"
+
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         yield from super().samples(rng)
         yield self.case(ReduceAttrs((1,)), (rng.integers(0, 2, (3, 9)).astype(np.int64),), "i64")
@@ -1247,6 +1956,14 @@ class Mean(Reduce):
         return np.mean(_f64(x), axis=dims)
 
 
+    def lower_reduced(self, x: Any, dims: tuple[int, ...], name: str) -> tuple[Any, str]:
+        """np.mean: the float64 sum in numpy's order, divided by the element count."""
+        _, te, _ = _tvm()
+        shape = tuple(int(s) for s in x.shape)
+        s = _te_np_sum(lambda i: x[i].astype("float64"), shape, dims, name + "_sum")
+        count = te.const(float(math.prod(shape[p] for p in dims)), "float64")
+        return te.compute(s.shape, lambda *k: s[k] / count, name=name), "float32"
+
 @register_op
 class Amax(Reduce):
     """y = max of x over dims (exact; NaN propagates). torch.amax / max(dim)[0]."""
@@ -1265,6 +1982,9 @@ class Amax(Reduce):
         return np.max(x, axis=dims)
 
 
+    def lower_reduced(self, x: Any, dims: tuple[int, ...], name: str) -> tuple[Any, str]:
+        return _te_extreme(x, dims, "max", name), str(x.dtype)
+
 @register_op
 class Amin(Reduce):
     """y = min of x over dims (exact; NaN propagates). torch.amin / min(dim)[0]."""
@@ -1282,6 +2002,9 @@ class Amin(Reduce):
     def compute(self, x: np.ndarray, dims: tuple[int, ...]) -> np.ndarray:
         return np.min(x, axis=dims)
 
+
+    def lower_reduced(self, x: Any, dims: tuple[int, ...], name: str) -> tuple[Any, str]:
+        return _te_extreme(x, dims, "min", name), str(x.dtype)
 
 # --- softmax, log_softmax, layer_norm ------------------------------------------------------
 
@@ -1328,6 +2051,7 @@ class Softmax(SoftmaxBase):
     torch_counterparts = ("F.softmax", "torch.softmax", "nn.Softmax")
     rtol = 1e-6
     max_lsb = rtol
+    compiled_tolerance = _TRANSCENDENTAL
     fidelity_note = _rtol_note(rtol, "max|out|", "4.8e-7 on 30522-wide rows, 3e-7 on 128-wide")
 
     def reference(self, sig: Sig, x: np.ndarray) -> np.ndarray:
@@ -1338,6 +2062,19 @@ class Softmax(SoftmaxBase):
             return _as(e / np.sum(e, axis=d, keepdims=True), sig.out)
 
 
+    def lower(self, sig: Sig, x: Any) -> Any:
+        """max (exact), e = exp(float64(x - max)) once, its sum in numpy's order, e / sum."""
+        te_lib, te, _ = _tvm()
+        shape = tuple(int(s) for s in x.shape)
+        d = (normalize_dim(self.name, sig.attrs.dim, len(shape)),)
+        m = _te_extreme(x, d, "max", "f_softmax_max")
+        e = te.compute(shape, lambda *i: te.exp(
+            (x[i] - m[_full_to_kept(i, d)]).astype("float64")), name="f_softmax_exp")
+        s = materialize(_te_np_sum(lambda i: e[i], shape, d, "f_softmax_sum"),
+                        "f_softmax_rowsum")
+        return te_lib.elementwise(
+            shape, lambda i: (e[i] / s[_full_to_kept(i, d)]).astype("float32"), "f_softmax")
+
 @register_op
 class LogSoftmax(SoftmaxBase):
     """z = float32(x - max) along dim (rounded in float32, as PyTorch does), then
@@ -1347,6 +2084,7 @@ class LogSoftmax(SoftmaxBase):
     torch_counterparts = ("F.log_softmax", "torch.log_softmax", "nn.LogSoftmax")
     rtol = 2.5e-7
     max_lsb = rtol
+    compiled_tolerance = _TRANSCENDENTAL
     fidelity_note = _rtol_note(rtol, "max|out|", "1.1e-7")
 
     def reference(self, sig: Sig, x: np.ndarray) -> np.ndarray:
@@ -1354,6 +2092,23 @@ class LogSoftmax(SoftmaxBase):
         with np.errstate(all="ignore"):
             z = _f64(x - np.max(x, axis=d, keepdims=True))
             return _as(z - np.log(np.sum(np.exp(z), axis=d, keepdims=True)), sig.out)
+
+    def lower(self, sig: Sig, x: Any) -> Any:
+        """z = float64(x - max), log of the numpy-order sum of exp(z), z - that."""
+        te_lib, te, _ = _tvm()
+        shape = tuple(int(s) for s in x.shape)
+        d = (normalize_dim(self.name, sig.attrs.dim, len(shape)),)
+        m = _te_extreme(x, d, "max", "f_log_softmax_max")
+
+        def z(i: Sequence[Any]) -> Any:
+            return (x[tuple(i)] - m[_full_to_kept(i, d)]).astype("float64")
+
+        e = te.compute(shape, lambda *i: te.exp(z(i)), name="f_log_softmax_exp")
+        s = materialize(_te_np_sum(lambda i: e[i], shape, d, "f_log_softmax_sum"),
+                        "f_log_softmax_rowsum")
+        return te_lib.elementwise(
+            shape, lambda i: (z(i) - te.log(s[_full_to_kept(i, d)])).astype("float32"),
+            "f_log_softmax")
 
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         # -inf inputs give -inf outputs, which the harness cannot compare: no masked sample.
@@ -1421,6 +2176,42 @@ class LayerNorm(FloatOp):
                 y = y + _f64(params[1])
             return _as(y, sig.out)
 
+    def lower(self, sig: Sig, x: Any, *params: Any) -> Any:
+        """The float64 reference step for step: mean and biased variance as numpy sums (its
+        order), (v - mean) / sqrt(var + eps), then * weight (fenced) + bias."""
+        te_lib, te, _ = _tvm()
+        a: LayerNormAttrs = sig.attrs
+        shape = tuple(int(s) for s in x.shape)
+        axes = tuple(range(len(shape) - len(a.normalized_shape), len(shape)))
+        lead = len(shape) - len(axes)
+        count = te.const(float(math.prod(a.normalized_shape)), "float64")
+
+        def v(i: Sequence[Any]) -> Any:
+            return x[tuple(i)].astype("float64")
+
+        s1 = _te_np_sum(v, shape, axes, "f_layer_norm_sum")
+        mean = materialize(te.compute(s1.shape, lambda *k: s1[k] / count,
+                                      name="f_layer_norm_mean_value"), "f_layer_norm_mean")
+
+        def dev(i: Sequence[Any]) -> Any:
+            return v(i) - mean[tuple(i[:lead])]
+
+        s2 = _te_np_sum(lambda i: te_lib.fence(dev(i) * dev(i)), shape, axes,
+                        "f_layer_norm_sumsq")
+        eps = te.const(float(np.float32(a.eps)), "float64")
+        denom = materialize(te.compute(s2.shape, lambda *k: te.sqrt(s2[k] / count + eps),
+                                       name="f_layer_norm_std_value"), "f_layer_norm_std")
+
+        def value(i: Sequence[Any]) -> Any:
+            y = dev(i) / denom[tuple(i[:lead])]
+            if params:
+                y = te_lib.fence(y * params[0][tuple(i[lead:])].astype("float64"))
+            if len(params) > 1:
+                y = y + params[1][tuple(i[lead:])].astype("float64")
+            return y.astype("float32")
+
+        return te_lib.elementwise(shape, value, "f_layer_norm")
+
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         cases = (((2, 7, 32), (32,), 3, 1.0), ((4, 768), (768,), 3, 0.5),
                  ((2, 3, 4, 5), (4, 5), 1, 4.0), ((3, 16), (16,), 2, 100.0),
@@ -1472,6 +2263,7 @@ class Matmul(FloatOp):
     torch_counterparts = ("torch.matmul", "torch.bmm", "operator.matmul", "torch.mm")
     rtol = 5e-7
     max_lsb = rtol
+    compiled_tolerance = _BLAS_ORDER
     fidelity_note = _rtol_note(rtol, "max(|a| @ |b|)", "1.7e-7")
 
     def infer_type(self, attrs: Any, a: TensorType, b: TensorType) -> TensorType:
@@ -1482,6 +2274,35 @@ class Matmul(FloatOp):
     def reference(self, sig: Sig, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         with np.errstate(all="ignore"):
             return _as(np.matmul(_f64(a), _f64(b)), sig.out)
+
+    def lower(self, sig: Sig, a: Any, b: Any) -> Any:
+        """torch.matmul's broadcasting; b is first copied to [..., N, K] so that both operands
+        of the float64 dot products (`_te_dot_f64`) are read contiguously."""
+        te_lib, te, _ = _tvm()
+        sa, sb, out = sig.in_types[0].shape, sig.in_types[1].shape, sig.out.shape
+        k_extent = sa[-1]
+        nb = len(out) - (len(sa) > 1) - (len(sb) > 1)
+        batch = out[:nb]
+        if len(sb) > 1:
+            bt_shape = sb[:-2] + (sb[-1], sb[-2])
+            bt = te.compute(bt_shape, lambda *i: b[i[:-2] + (i[-1], i[-2])],
+                            name="f_matmul_rhs_t")
+
+        def term(i: tuple[Any, ...], ks: tuple[Any, ...]) -> Any:
+            (k,) = ks
+            bi, rest = i[:nb], i[nb:]
+            if len(sa) == 1:
+                av = a[k]
+            else:
+                av = a[te_lib.broadcast_index(bi, sa[:-2], batch) + (rest[0], k)]
+            if len(sb) == 1:
+                bv = b[k]
+            else:
+                bv = bt[te_lib.broadcast_index(bi, sb[:-2], batch) + (rest[-1], k)]
+            return av.astype("float64") * bv.astype("float64")
+
+        acc = _te_dot_f64(out, term, (k_extent,), "f_matmul_acc")
+        return te_lib.elementwise(out, lambda i: acc[i].astype("float32"), "f_matmul")
 
     def error_scale(self, sig: Sig, arrays: tuple[np.ndarray, ...], out: np.ndarray) -> float:
         return _finite_max_abs(np.matmul(np.abs(_f64(arrays[0])), np.abs(_f64(arrays[1]))))
@@ -1512,6 +2333,7 @@ class Linear(FloatOp):
     torch_counterparts = ("F.linear", "nn.Linear")
     rtol = 5e-7
     max_lsb = rtol
+    compiled_tolerance = _BLAS_ORDER
     fidelity_note = _rtol_note(rtol, "max(|x| @ |w|^T + |b|)", "8e-8")
 
     def infer_type(self, attrs: Any, x: TensorType, w: TensorType, *bias: TensorType,
@@ -1536,6 +2358,26 @@ class Linear(FloatOp):
     def reference(self, sig: Sig, x: np.ndarray, w: np.ndarray, *bias: np.ndarray) -> np.ndarray:
         with np.errstate(all="ignore"):
             return _as(self._compute(x, w, *bias), sig.out)
+
+    def lower(self, sig: Sig, x: Any, w: Any, *bias: Any) -> Any:
+        """float64 dot products (`_te_dot_f64`), + float64(bias), rounded to float32."""
+        te_lib, _, _ = _tvm()
+        out = sig.out.shape
+        k_extent = sig.in_types[1].shape[1]
+
+        def term(i: tuple[Any, ...], ks: tuple[Any, ...]) -> Any:
+            (k,) = ks
+            return x[i[:-1] + (k,)].astype("float64") * w[i[-1], k].astype("float64")
+
+        acc = _te_dot_f64(out, term, (k_extent,), "f_linear_acc")
+
+        def value(i: tuple[Any, ...]) -> Any:
+            y = acc[i]
+            if bias:
+                y = y + bias[0][i[-1]].astype("float64")
+            return y.astype("float32")
+
+        return te_lib.elementwise(out, value, "f_linear")
 
     def error_scale(self, sig: Sig, arrays: tuple[np.ndarray, ...], out: np.ndarray) -> float:
         return _finite_max_abs(self._compute(*(np.abs(a) for a in arrays)))
@@ -1583,6 +2425,7 @@ class Conv2d(FloatOp):
     torch_counterparts = ("F.conv2d", "nn.Conv2d")
     rtol = 5e-7
     max_lsb = rtol
+    compiled_tolerance = _BLAS_ORDER
     fidelity_note = _rtol_note(rtol, "max conv(|x|, |w|) + |b|", "2e-7")
 
     def infer_type(self, attrs: Conv2dAttrs, x: TensorType, w: TensorType, *bias: TensorType,
@@ -1642,6 +2485,45 @@ class Conv2d(FloatOp):
         with np.errstate(all="ignore"):
             return _as(self._compute(sig.attrs, x, w, *bias), sig.out)
 
+    def lower(self, sig: Sig, x: Any, w: Any, *bias: Any) -> Any:
+        """x copied to channels-last with its zero padding and w to [O, KH, KW, C/groups]
+        (small stages, so that the channel sums read both contiguously), the float64 sum over
+        (kh, kw, c) of exact products (`_te_dot_f64`), + float64(bias), rounded to float32."""
+        te_lib, te, tirx = _tvm()
+        a: Conv2dAttrs = sig.attrs
+        (sh, sw), (ph, pw), (dh, dw), g = a.stride, a.padding, a.dilation, a.groups
+        n, c, h, wd = sig.in_types[0].shape
+        o, cg, kh, kw = sig.in_types[1].shape
+        og = o // g
+        zero = te.const(0.0, "float32")
+
+        def pad(nn: Any, yy: Any, xx: Any, cc: Any) -> Any:
+            if not (ph or pw):
+                return x[nn, cc, yy, xx]
+            inside = tirx.all(yy >= ph, yy < h + ph, xx >= pw, xx < wd + pw)
+            return te.if_then_else(inside, x[nn, cc, yy - ph, xx - pw], zero)
+
+        xp = te.compute((n, h + 2 * ph, wd + 2 * pw, c), pad, name="f_conv2d_pad_nhwc")
+        wt = te.compute((o, kh, kw, cg), lambda oo, ry, rx, rc: w[oo, rc, ry, rx],
+                        name="f_conv2d_weight_ohwi")
+
+        def term(i: tuple[Any, ...], ks: tuple[Any, ...]) -> Any:
+            nn, oo, yy, xx = i
+            ry, rx, rc = ks
+            cin = (oo // og) * cg + rc if g > 1 else rc
+            v = xp[nn, yy * sh + ry * dh, xx * sw + rx * dw, cin].astype("float64")
+            return v * wt[oo, ry, rx, rc].astype("float64")
+
+        acc = _te_dot_f64(sig.out.shape, term, (kh, kw, cg), "f_conv2d_acc")
+
+        def value(i: tuple[Any, ...]) -> Any:
+            y = acc[i]
+            if bias:
+                y = y + bias[0][i[1]].astype("float64")
+            return y.astype("float32")
+
+        return te_lib.elementwise(sig.out.shape, value, "f_conv2d")
+
     def error_scale(self, sig: Sig, arrays: tuple[np.ndarray, ...], out: np.ndarray) -> float:
         return _finite_max_abs(self._compute(sig.attrs, *(np.abs(a) for a in arrays)))
 
@@ -1695,6 +2577,20 @@ class Embedding(FloatOp):
                 f"f.embedding: index {int(indices[bad].reshape(-1)[0])} is out of range for"
                 f" {n} embeddings (valid: 0..{n - 1})")
         return _as(weight[indices], sig.out)
+
+    def lower(self, sig: Sig, indices: Any, weight: Any) -> Any:
+        """A row gather. Out-of-range indices (the interpreter raises) read the nearest valid
+        row (clamped) instead of memory outside the table."""
+        te_lib, te, _ = _tvm()
+        n = sig.in_types[1].shape[0]
+        r = len(sig.in_types[0].shape)
+
+        def value(i: tuple[Any, ...]) -> Any:
+            idx = indices[i[:r]]
+            row = te.max(te.min(idx, te.const(n - 1, idx.dtype)), te.const(0, idx.dtype))
+            return weight[row.astype("int32"), i[r]]
+
+        return te_lib.elementwise(sig.out.shape, value, "f_embedding")
 
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         # NOTE: each index shape has one table size: random IR graphs reuse index tensors
@@ -1759,6 +2655,92 @@ class AdaptiveAvgPool2d(FloatOp):
                     w0, w1 = (j * w) // ow, -((-(j + 1) * w) // ow)
                     y[..., i, j] = v[..., h0:h1, w0:w1].mean(axis=(-2, -1))
         return _as(y, sig.out)
+
+    def lower(self, sig: Sig, x: Any) -> Any:
+        """Window sums in numpy's order for `v[..., h0:h1, w0:w1].mean(axis=(-2, -1))`.
+
+        numpy (measured) sums a window that is one contiguous or strided run (full-width rows,
+        one column, or one row) pairwise as a whole; any other window is copied through its
+        8192-element iteration buffer in chunks of whole rows, each chunk summed pairwise and
+        the chunks added in order. Windows come in at most a few sizes (hh, ww); each size
+        class is one numpy-order sum over its rows x columns of windows (window starts from
+        tables), and every output position selects its class.
+        """
+        te_lib, te, tirx = _tvm()
+        shape = tuple(int(s) for s in sig.in_types[0].shape)
+        lead, (h, w) = shape[:-2], shape[-2:]
+        oh, ow = sig.attrs.output_size
+        name = "f_adaptive_avg_pool2d"
+        spans_h = [((i * h) // oh, -((-(i + 1) * h) // oh)) for i in range(oh)]
+        spans_w = [((j * w) // ow, -((-(j + 1) * w) // ow)) for j in range(ow)]
+        sizes_h = sorted({b - a for a, b in spans_h})
+        sizes_w = sorted({b - a for a, b in spans_w})
+
+        def members(spans: list[tuple[int, int]], size: int) -> list[int]:
+            return [k for k, (a, b) in enumerate(spans) if b - a == size]
+
+        def index(vals: Sequence[int], what: str) -> Callable[[Any], Any]:
+            if len(set(vals)) == 1:
+                return lambda p: te.const(int(vals[0]), "int32")
+            t = te_lib.constant(np.array(vals, np.int32), f"{name}_{what}")
+            return lambda p: t[p]
+
+        def class_mean(ai: int, bi: int) -> Any:
+            """The window means of the windows of size sizes_h[ai] x sizes_w[bi]."""
+            hh, ww = sizes_h[ai], sizes_w[bi]
+            rows, cols = members(spans_h, hh), members(spans_w, ww)
+            y0 = index([spans_h[k][0] for k in rows], f"y0_{ai}_{bi}")
+            x0 = index([spans_w[k][0] for k in cols], f"x0_{ai}_{bi}")
+            kshape = lead + (len(rows), len(cols))
+            nk = len(kshape)
+
+            def at(i: Sequence[Any], f: Any) -> Any:
+                p, q = i[nk - 2], i[nk - 1]
+                return x[tuple(i[:nk - 2]) + (y0(p) + f // ww, x0(q) + f % ww)].astype(
+                    "float64")
+
+            n = hh * ww
+            chunk = (8192 // ww) * ww
+            tag = f"{name}_sum_{ai}_{bi}"
+            if ww in (1, w) or hh == 1 or n <= chunk:
+                total = _te_np_sum(lambda i: at(i[:nk], i[nk]), kshape + (n,), (nk,), tag)
+            else:  # whole chunks, then the last partial chunk, added in order
+                m, rest = n // chunk, n % chunk
+                full = _te_np_sum(lambda i: at(i[:nk], i[nk] * chunk + i[nk + 1]),
+                                  kshape + (m, chunk), (nk, nk + 1), tag, run_axes=1)
+                total = full
+                if rest:
+                    last = _te_np_sum(lambda i: at(i[:nk], m * chunk + i[nk]),
+                                      kshape + (rest,), (nk,), tag + "_tail")
+                    total = te.compute(kshape, lambda *k: full[k] + last[k],
+                                       name=tag + "_total")
+            count = te.const(float(n), "float64")
+            return te.compute(kshape, lambda *k: total[k] / count,
+                              name=f"{name}_mean_{ai}_{bi}")
+
+        means = {(ai, bi): class_mean(ai, bi)
+                 for ai in range(len(sizes_h)) for bi in range(len(sizes_w))}
+        cls_h = index([sizes_h.index(b - a) for a, b in spans_h], "cls_h")
+        pos_h = index([members(spans_h, b - a).index(k) for k, (a, b) in enumerate(spans_h)],
+                      "pos_h")
+        cls_w = index([sizes_w.index(b - a) for a, b in spans_w], "cls_w")
+        pos_w = index([members(spans_w, b - a).index(k) for k, (a, b) in enumerate(spans_w)],
+                      "pos_w")
+
+        def value(i: tuple[Any, ...]) -> Any:
+            nc, y, xx = i[:-2], i[-2], i[-1]
+            res = None
+            for (ai, bi), mean in means.items():
+                nrow, ncol = (int(d) for d in mean.shape[-2:])
+                v = mean[nc + (te.min(pos_h(y), nrow - 1), te.min(pos_w(xx), ncol - 1))]
+                if res is None:
+                    res = v
+                else:
+                    res = tirx.Select(tirx.And(cls_h(y) == ai, cls_w(xx) == bi), v, res)
+            assert res is not None  # there is at least one window class
+            return res.astype("float32")
+
+        return te_lib.elementwise(sig.out.shape, value, name)
 
     def error_scale(self, sig: Sig, arrays: tuple[np.ndarray, ...], out: np.ndarray) -> float:
         return _finite_max_abs(arrays[0])
@@ -1888,6 +2870,43 @@ class Interpolate(FloatOp):
                  + lh1 * (lw0 * v[..., h1[:, None], w0[None, :]] + lw1 * v[..., h1[:, None], w1]))
         return _as(y, sig.out)
 
+    def lower(self, sig: Sig, x: Any) -> Any:
+        """The reference's index and lambda tables (computed by the same numpy code) become
+        kernel constants; bilinear sums in float64 in the reference's order, its two rounded
+        products fenced."""
+        te_lib, _, _ = _tvm()
+        a: InterpolateAttrs = sig.attrs
+        h, w = sig.in_types[0].shape[-2:]
+        (oh, ow), (shs, sws) = a.size, a.scales or (None, None)
+        name = "f_interpolate"
+
+        def table(v: np.ndarray, what: str, dtype: Any) -> Any:
+            return te_lib.constant(np.asarray(v).astype(dtype), f"{name}_{what}")
+
+        if a.mode == "nearest":
+            ih = table(_nearest_index(h, oh, shs), "ih", np.int32)
+            iw = table(_nearest_index(w, ow, sws), "iw", np.int32)
+            return te_lib.elementwise(
+                sig.out.shape, lambda i: x[i[:-2] + (ih[i[-2]], iw[i[-1]])], name)
+        dts = (np.int32, np.int32, np.float64, np.float64)  # i0, i1, lambda0, lambda1
+        h0, h1, lh0, lh1 = (table(v, f"h{k}", dt) for k, (v, dt) in enumerate(zip(
+            _linear_index(h, oh, shs, a.align_corners), dts)))
+        w0, w1, lw0, lw1 = (table(v, f"w{k}", dt) for k, (v, dt) in enumerate(zip(
+            _linear_index(w, ow, sws, a.align_corners), dts)))
+
+        def value(i: tuple[Any, ...]) -> Any:
+            nc, y, xx = i[:-2], i[-2], i[-1]
+
+            def v(r: Any, c: Any) -> Any:
+                return x[nc + (r, c)].astype("float64")
+
+            top = lw0[xx] * v(h0[y], w0[xx]) + lw1[xx] * v(h0[y], w1[xx])
+            bottom = lw0[xx] * v(h1[y], w0[xx]) + lw1[xx] * v(h1[y], w1[xx])
+            return (te_lib.fence(lh0[y] * top) + te_lib.fence(lh1[y] * bottom)).astype(
+                "float32")
+
+        return te_lib.elementwise(sig.out.shape, value, name)
+
     def error_scale(self, sig: Sig, arrays: tuple[np.ndarray, ...], out: np.ndarray) -> float:
         return _finite_max_abs(arrays[0])
 
@@ -1957,6 +2976,28 @@ class Cat(FloatOp):
         d = normalize_dim(self.name, sig.attrs.dim, xs[0].ndim)
         return _as(np.concatenate(xs, axis=d), sig.out)
 
+    def lower(self, sig: Sig, *xs: Any) -> Any:
+        """A select chain on the position along `dim`; every read is clamped into its input
+        (a select evaluates both sides)."""
+        te_lib, te, tirx = _tvm()
+        d = normalize_dim(self.name, sig.attrs.dim, len(sig.out.shape))
+        sizes = [t.shape[d] for t in sig.in_types]
+        starts = [sum(sizes[:k]) for k in range(len(sizes))]
+
+        def value(i: tuple[Any, ...]) -> Any:
+            p = i[d]
+            res = None
+            for k in reversed(range(len(xs))):
+                if sizes[k] == 0:
+                    continue
+                q = te.max(te.min(p - starts[k], sizes[k] - 1), 0)
+                load = xs[k][i[:d] + (q,) + i[d + 1:]]
+                res = load if res is None else tirx.Select(p < starts[k] + sizes[k], load, res)
+            assert res is not None  # the output is not empty, so some input is not
+            return res
+
+        return te_lib.elementwise(sig.out.shape, value, "f_cat")
+
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         yield self.case(DimAttrs(1), (S.ftensor(rng, (2, 3, 4), 1.0)[1],
                                       S.ftensor(rng, (2, 5, 4), 1.0)[1]), "f32-d1")
@@ -2004,6 +3045,11 @@ class To(FloatOp):
 
     def reference(self, sig: Sig, x: np.ndarray) -> np.ndarray:
         return _as(x, sig.out)
+
+    def lower(self, sig: Sig, x: Any) -> Any:
+        te_lib, _, _ = _tvm()
+        src, dst = sig.in_types[0].dtype, sig.out.dtype
+        return te_lib.elementwise(sig.out.shape, lambda i: _te_cast(x[i], src, dst), "f_to")
 
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         x = S.ftensor(rng, (4, 7), 30.0)[1]

@@ -179,6 +179,106 @@ def _qparams(ty: TensorType) -> QParams:
     return qp
 
 
+# --- lowering helpers (TE; TVM is imported lazily: ops/ must import without it) -----------------
+#
+# Each lower() is its reference step for step in the same float widths: fma_f32_exact is
+# te_lib.fma (llvm.fma, one rounding), every float32 product that the reference rounds before
+# an add is fenced (TVM contracts a * b + c into an FMA otherwise), integer sums are exact
+# (any order), and q_vec / q_val are te_lib.q_vec_value / q_val_value.
+
+
+def _te() -> tuple[Any, Any, Any]:
+    """(te_lib, te, tirx)."""
+    from qcompiler.lowering import te_lib
+    from qcompiler.lowering.tvm_compat import te, tirx
+
+    return te_lib, te, tirx
+
+
+def _per_group(shape: Sequence[int], fn: Any, name: str) -> Any:
+    """te.compute(shape, fn), computed once per index and read per element: the statistic
+    stage is copied through `float_ops.materialize` (the generic schedules would otherwise
+    inline it, a sqrt and divisions, into every element of the group)."""
+    from qcompiler.ops.float_ops import materialize
+
+    _, te, _ = _te()
+    t = te.compute(tuple(int(d) for d in shape), lambda *k: fn(k), name=f"{name}_value")
+    return materialize(t, name)
+
+
+def _int_sum_dtype(terms: int, dtype: DType, squared: bool) -> str:
+    """int32 when no partial sum of `terms` (squared) storage values can leave int32."""
+    m = max(abs(dtype.qmin), abs(dtype.qmax))
+    return "int32" if terms * (m * m if squared else m) < 2**31 else "int64"
+
+
+def _reduce_axes(extents: Sequence[int], prefix: str) -> list[Any]:
+    """Reduce axes over `extents`, with the constant 0 for size-1 extents (a reduction whose
+    input has its output's size risks TVM's in-place buffer reuse: `float_ops.materialize`)."""
+    _, te, _ = _te()
+    return [te.reduce_axis((0, d), name=f"{prefix}{k}") if d != 1 else te.const(0, "int32")
+            for k, d in enumerate(extents)]
+
+
+def _te_sum(value: Any, rd: Sequence[Any]) -> Any:
+    """te.sum of `value` over the reduce axes among `rd` (none: the value itself)."""
+    from qcompiler.lowering.tvm_compat import tirx
+
+    _, te, _ = _te()
+    axes = [r for r in rd if isinstance(r, tirx.IterVar)]
+    return te.sum(value, axis=axes) if axes else value
+
+
+def _te_int_sums(x: Any, keep: Sequence[Any], rd: Sequence[Any], load: Any, terms: int,
+                 dtype: DType) -> tuple[Any, Any]:
+    """(sum q, sum q*q) over the reduce axes `rd` of the storage values `load(keep, rd)`:
+    exact integers (hsum / hsum_sq), any order."""
+    a1, a2 = _int_sum_dtype(terms, dtype, False), _int_sum_dtype(terms, dtype, True)
+    q = load(keep, rd)
+    return _te_sum(q.astype(a1), rd), _te_sum(q.astype(a2) * q.astype(a2), rd)
+
+
+def _te_finish_moments(m_sh: Any, ex2: Any, zx: int, x_scale: float, eps: float,
+                       ) -> tuple[Any, Any]:
+    """`_finish_moments` on float32 expressions: (m, r)."""
+    te_lib, te, _ = _te()
+    f = te_lib.f32_const
+    m = m_sh - f(zx)
+    var = te.max(te_lib.fma(-m_sh, m_sh, ex2), f(0.0))
+    sx = f(x_scale)
+    t = te_lib.fence(te_lib.fence(var * sx) * sx)
+    r = (te.const(float(F32(x_scale)), "float64")
+         / te.sqrt(t.astype("float64") + te.const(float(eps), "float64"))).astype("float32")
+    return m, r
+
+
+def _te_requant(y: Any, qp: QParams, dtype: DType, vector: Any) -> Any:
+    """Q_vec(y) where `vector` (a bool expression, or True/False) holds, else Q_val(y)."""
+    te_lib, _, tirx = _te()
+    inv = te_lib.f32_const(qm.f32_inverse(qp.scale_value))
+    vec = te_lib.q_vec_value(y, inv, qp.zp_value, dtype) if vector is not False else None
+    if vector is True:
+        return vec
+    val = te_lib.q_val_value(y, inv, te_lib.f32_const(qp.zp_value), dtype)
+    return val if vec is None else tirx.Select(vector, vec, val)
+
+
+def _bn_coefficients(w: np.ndarray, b: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                     eps: float, x_scale: float, out_scale: float,
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(alpha, beta) of qnn.batch_norm from constant parameters, computed exactly as its
+    `reference` computes them (the lowering reads them from kernel constants)."""
+    e = F32(eps)
+    w, b, mean, var = (np.asarray(a, F32) for a in (w, b, mean, var))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        inv_sigma = (1.0 / np.sqrt((var + e).astype(F32)).astype(F64)).astype(F32)
+        ratio = F64(x_scale) / F64(out_scale)
+        alpha = ((inv_sigma * w).astype(F32).astype(F64) * ratio).astype(F32)
+        t = (b - ((mean * inv_sigma).astype(F32) * w).astype(F32)).astype(F32)
+        beta = (t.astype(F64) / F64(out_scale)).astype(F32)
+    return alpha, beta
+
+
 # --- batch norm ----------------------------------------------------------------------------------
 
 
@@ -228,6 +328,57 @@ class _QBatchNorm(OpDef):
         if self.relu:
             out = np.maximum(out, np.asarray(oq.zp_value).astype(out.dtype))
         return out
+
+    def lower(self, sig: Sig, x: Any, w: Any, b: Any, mean: Any, var: Any) -> Any:
+        """y = fma(alpha[c], f32(q - zx), beta[c]), Q_vec with scale 1 (+ max with zo).
+
+        alpha and beta come from kernel constants when the parameters are graph constants
+        (`_bn_coefficients`, the reference's own numpy steps), else from the same steps in TE.
+        """
+        te_lib, te, _ = _te()
+        qx = _qparams(sig.in_types[0])
+        oq: QParams = sig.attrs.out_qparams
+        dtype = sig.out.dtype
+        sx, so, eps = qx.scale_value, oq.scale_value, sig.attrs.eps
+        data = [te_lib.constant_value(t) for t in (w, b, mean, var)]
+        if all(d is not None for d in data):
+            dw, db, dm, dv = (np.asarray(d) for d in data)
+            alpha_np, beta_np = _bn_coefficients(dw, db, dm, dv, eps, sx, so)
+            at = te_lib.constant(alpha_np, "bn_alpha")
+            bt = te_lib.constant(beta_np, "bn_beta")
+
+            def alpha(c: Any) -> Any:
+                return at[c]
+
+            def beta(c: Any) -> Any:
+                return bt[c]
+        else:
+            f = te_lib.f32_const
+
+            def inv_sigma(c: Any) -> Any:
+                sd = te.sqrt(var[c] + f(eps)).astype("float64")
+                return (te.const(1.0, "float64") / sd).astype("float32")
+
+            def alpha(c: Any) -> Any:
+                ratio = te.const(float(F64(sx) / F64(so)), "float64")
+                return (te_lib.fence(inv_sigma(c) * w[c]).astype("float64") * ratio).astype(
+                    "float32")
+
+            def beta(c: Any) -> Any:
+                t = b[c] - te_lib.fence(te_lib.fence(mean[c] * inv_sigma(c)) * w[c])
+                return (t.astype("float64") / te.const(float(F64(so)), "float64")).astype(
+                    "float32")
+
+        zo = oq.zp_value
+
+        def value(i: tuple[Any, ...]) -> Any:
+            c = i[1]
+            xf = (x[i].astype("int32") - te.const(qx.zp_value, "int32")).astype("float32")
+            out = te_lib.q_vec_value(te_lib.fma(alpha(c), xf, beta(c)), te_lib.f32_const(1.0),
+                                     zo, dtype)
+            return te.max(out, te.const(zo, dtype.storage)) if self.relu else out
+
+        return te_lib.elementwise(sig.out.shape, value, self.name.replace(".", "_"))
 
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         cases: tuple[tuple[tuple[int, ...], DType], ...] = (
@@ -358,6 +509,53 @@ class QLayerNorm(OpDef):
         out[:, nv:] = qm.q_val(y[:, nv:], inv, oq.zp_value, sig.out.dtype)
         return out.reshape(x.shape)
 
+    def lower(self, sig: Sig, x: Any, *params: Any) -> Any:
+        """Exact integer row sums, the float32 moments once per row, then per element
+        fma(f32(f32(f32(q - zx) - m) * r), weight, bias) and Q_vec / Q_val (the last N % 32
+        elements of a row)."""
+        te_lib, te, _ = _te()
+        qx = _qparams(sig.in_types[0])
+        a: QLayerNormAttrs = sig.attrs
+        shape = tuple(int(s) for s in sig.in_types[0].shape)
+        nd = len(a.normalized_shape)
+        lead, ns = shape[:len(shape) - nd], shape[len(shape) - nd:]
+        n = math.prod(ns)
+        dtype = sig.out.dtype
+        rd = _reduce_axes(ns, "ln_r")
+
+        def load(k: Sequence[Any], r: Sequence[Any]) -> Any:
+            return x[tuple(k) + tuple(r)]
+
+        s1 = te.compute(lead, lambda *k: _te_int_sums(x, k, rd, load, n, dtype)[0],
+                        name="qnn_layer_norm_sum")
+        rd2 = _reduce_axes(ns, "ln_s")
+        s2 = te.compute(lead, lambda *k: _te_int_sums(x, k, rd2, load, n, dtype)[1],
+                        name="qnn_layer_norm_sumsq")
+        nf = te_lib.f32_const(n)
+
+        def moments(k: Sequence[Any]) -> tuple[Any, Any]:
+            m_sh = s1[tuple(k)].astype("float32") / nf
+            ex2 = s2[tuple(k)].astype("float32") / nf
+            return _te_finish_moments(m_sh, ex2, qx.zp_value, qx.scale_value, a.eps)
+
+        mean = _per_group(lead, lambda k: moments(k)[0], "qnn_layer_norm_mean")
+        rstd = _per_group(lead, lambda k: moments(k)[1], "qnn_layer_norm_rstd")
+        nv = n - n % VEC_LANES
+        zx = te.const(qx.zp_value, "int32")
+
+        def value(i: tuple[Any, ...]) -> Any:
+            k, j = i[:len(lead)], i[len(lead):]
+            centered = (x[i].astype("int32") - zx).astype("float32") - mean[k]
+            t = te_lib.fence(centered * rstd[k])
+            y = te_lib.fma(t, params[0][j], params[1][j]) if params else t
+            flat = j[0]
+            for d, e in zip(j[1:], ns[1:]):
+                flat = flat * e + d
+            vector: Any = True if nv == n else (False if nv == 0 else flat < nv)
+            return _te_requant(y, a.out_qparams, dtype, vector)
+
+        return te_lib.elementwise(shape, value, "qnn_layer_norm")
+
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         cases: tuple[tuple[tuple[int, ...], int, DType, bool], ...] = (
             ((2, 3, 40), 1, u8, True), ((4, 33), 1, i8, False), ((2, 5, 7), 2, u8, True),
@@ -476,6 +674,80 @@ class _QGroupNormBase(OpDef):
                       "one value per channel")
         _check_eps(self.name, attrs.eps)
 
+    def lower_groups(self, sig: Sig, x: Any, params: Sequence[Any], groups: int) -> Any:
+        """`group_norm_reference` step for step, for the kernel PyTorch picks: per sample and
+        group the moments (exact integer sums, or sequential float32 sums on the NHWC float
+        path) once, then the NCHW or NHWC per-element formula."""
+        te_lib, te, _ = _te()
+        qx = _qparams(sig.in_types[0])
+        oq: QParams = sig.attrs.out_qparams
+        eps = sig.attrs.eps
+        dtype = sig.out.dtype
+        shape = tuple(int(s) for s in sig.in_types[0].shape)
+        bs, c, sp = shape[0], shape[1], shape[2:]
+        cpg = c // groups
+        n = cpg * math.prod(sp)
+        kernel = group_norm_kernel(shape)
+        tag = self.name.replace(".", "_")
+
+        def axes(prefix: str) -> list[Any]:
+            return _reduce_axes((cpg, *sp), prefix)
+
+        def load(k: Sequence[Any], r: Sequence[Any]) -> Any:
+            bb, gg = k
+            return x[(bb, gg * cpg + r[0], *r[1:])]
+
+        nf = te_lib.f32_const(n)
+        if kernel == "nhwc_float":  # sequential float32 sums, in (channel, h, w) order
+            ra, rb = axes("gn_r"), axes("gn_s")
+            s1 = te.compute((bs, groups), lambda *k: _te_sum(
+                load(k, ra).astype("float32"), ra), name=f"{tag}_sum")
+            s2 = te.compute((bs, groups), lambda *k: _te_sum(
+                (load(k, rb).astype("int32") * load(k, rb).astype("int32")).astype("float32"),
+                rb), name=f"{tag}_sumsq")
+
+            def raw(k: Sequence[Any]) -> tuple[Any, Any]:
+                return s1[tuple(k)] / nf, s2[tuple(k)] / nf
+        else:
+            ra, rb = axes("gn_r"), axes("gn_s")
+            s1 = te.compute((bs, groups), lambda *k: _te_int_sums(x, k, ra, load, n, dtype)[0],
+                            name=f"{tag}_sum")
+            s2 = te.compute((bs, groups), lambda *k: _te_int_sums(x, k, rb, load, n, dtype)[1],
+                            name=f"{tag}_sumsq")
+
+            def raw(k: Sequence[Any]) -> tuple[Any, Any]:
+                return s1[tuple(k)].astype("float32") / nf, s2[tuple(k)].astype("float32") / nf
+
+        def moments(k: Sequence[Any]) -> tuple[Any, Any]:
+            return _te_finish_moments(*raw(k), qx.zp_value, qx.scale_value, eps)
+
+        mean = _per_group((bs, groups), lambda k: moments(k)[0], f"{tag}_mean")
+        rstd = _per_group((bs, groups), lambda k: moments(k)[1], f"{tag}_rstd")
+        f = te_lib.f32_const
+        zx = te.const(qx.zp_value, "int32")
+        nv = cpg - cpg % VEC_LANES
+
+        def gamma(ch: Any) -> Any:
+            return params[0][ch] if params else f(1.0)
+
+        def beta(ch: Any) -> Any:
+            return params[1][ch] if params else f(0.0)
+
+        def value(i: tuple[Any, ...]) -> Any:
+            bb, ch = i[0], i[1]
+            k = (bb, ch // cpg)
+            qf = (x[i].astype("int32") - zx).astype("float32")
+            if kernel == "nchw":
+                gamma_p = te_lib.fence(rstd[k] * gamma(ch))
+                y = te_lib.fma(qf - mean[k], gamma_p, beta(ch))
+                return _te_requant(y, oq, dtype, True)
+            scale = te_lib.fence(rstd[k] * gamma(ch))
+            y = te_lib.fma(qf, scale, te_lib.fma(-scale, mean[k], beta(ch)))
+            vector: Any = True if nv == cpg else (False if nv == 0 else ch % cpg < nv)
+            return _te_requant(y, oq, dtype, vector)
+
+        return te_lib.elementwise(shape, value, tag)
+
     def torch_call(self, torch: Any, x: Any, params: list[Any], attrs: Any) -> Any:
         raise NotImplementedError
 
@@ -564,6 +836,9 @@ class QGroupNorm(_QGroupNormBase):
         return group_norm_reference(x, a.num_groups, g, b, _qparams(sig.in_types[0]),
                                     a.out_qparams, a.eps, sig.out.dtype)
 
+    def lower(self, sig: Sig, x: Any, *params: Any) -> Any:
+        return self.lower_groups(sig, x, params, sig.attrs.num_groups)
+
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         cases = (
             ((2, 6, 5, 7), 3, u8, True), ((1, 4, 9), 2, i8, False),
@@ -612,6 +887,9 @@ class QInstanceNorm(_QGroupNormBase):
         g, b = params if params else (None, None)
         return group_norm_reference(x, x.shape[1], g, b, _qparams(sig.in_types[0]),
                                     a.out_qparams, a.eps, sig.out.dtype)
+
+    def lower(self, sig: Sig, x: Any, *params: Any) -> Any:
+        return self.lower_groups(sig, x, params, sig.in_types[0].shape[1])
 
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         cases = (

@@ -177,6 +177,26 @@ class _MaxPool(OpDef):
             res = np.maximum(res, xp[(slice(None), slice(None)) + sl])
         return res.astype(x.dtype)
 
+    def lower(self, sig: Sig, x: Any) -> Any:
+        from qcompiler.lowering import te_lib
+        from qcompiler.lowering.tvm_compat import te, tirx
+
+        ty = sig.in_types[0]
+        w, _ = _window(self.name, sig.attrs, ty, self.spatial, dilation=True)
+        ks = [te.reduce_axis((0, k), name=f"k{d}") for d, k in enumerate(w.kernel)]
+        low = te.const(sig.out.dtype.qmin, sig.out.dtype.storage)
+
+        def body(i: tuple[Any, ...]) -> Any:
+            idx = [i[2 + d] * w.stride[d] - w.padding[d] + ks[d] * w.dilation[d]
+                   for d in range(self.spatial)]
+            inside = tirx.And(idx[0] >= 0, idx[0] < ty.shape[2])
+            for d in range(1, self.spatial):
+                inside = tirx.And(inside, tirx.And(idx[d] >= 0, idx[d] < ty.shape[2 + d]))
+            v = tirx.if_then_else(inside, x[(i[0], i[1]) + tuple(idx)], low)
+            return te.max(v, axis=ks)
+
+        return te_lib.elementwise(sig.out.shape, body, self.name.replace(".", "_"))
+
     def torch_reference(self, sample: OpSample, sig: Sig) -> np.ndarray:
         from qcompiler.testing.torch_bridge import to_numpy, to_torch
 
@@ -322,6 +342,56 @@ class _AvgPool(OpDef):
         r = np.rint(t.astype(np.float64))
         return np.clip(r, sig.out.dtype.qmin, sig.out.dtype.qmax).astype(sig.out.dtype.np)
 
+    def lower(self, sig: Sig, x: Any) -> Any:
+        from qcompiler.lowering import te_lib
+        from qcompiler.lowering.te_vecmath import q_vec_torch
+        from qcompiler.lowering.tvm_compat import te, tirx
+
+        a, ty, dt = sig.attrs, sig.in_types[0], sig.out.dtype
+        qp = ty.qparams
+        assert qp is not None
+        w, _ = _window(self.name, a, ty, self.spatial, dilation=False)
+        nhwc = self.spatial == 3 or takes_channels_last(ty.shape)
+        vec_c = ty.shape[1] // 16 * 16
+        ks = [te.reduce_axis((0, k), name=f"k{d}") for d, k in enumerate(w.kernel)]
+        i32 = "int32"
+
+        def total(*i: Any) -> Any:
+            idx = [i[2 + d] * w.stride[d] - w.padding[d] + ks[d] for d in range(self.spatial)]
+            inside = tirx.And(idx[0] >= 0, idx[0] < ty.shape[2])
+            for d in range(1, self.spatial):
+                inside = tirx.And(inside, tirx.And(idx[d] >= 0, idx[d] < ty.shape[2 + d]))
+            v = tirx.if_then_else(inside, x[(i[0], i[1]) + tuple(idx)].astype(i32),
+                                  te.const(0, i32))
+            return te.sum(v, axis=ks)
+
+        sums = te.compute(sig.out.shape, total, name=f"{self.name.replace('.', '_')}_sum")
+        zp_f = te_lib.f32_const(qp.zp_value)
+
+        def body(i: tuple[Any, ...]) -> Any:
+            cnt, pool = te.const(1, i32), te.const(1, i32)
+            for d in range(self.spatial):  # PyTorch's window arithmetic, per dim
+                start = i[2 + d] * w.stride[d] - w.padding[d]
+                end = te.min(start + w.kernel[d], ty.shape[2 + d] + w.padding[d])
+                pool = pool * (end - start)
+                cnt = cnt * (te.min(end, ty.shape[2 + d]) - te.max(start, 0))
+            if a.divisor_override:
+                div: Any = te.const(int(a.divisor_override), i32)
+            else:
+                div = pool if a.count_include_pad else cnt
+            m = te_lib.fence(te_lib.f32_const(1.0) / div.astype("float32"))
+            acc = (sums[i] - cnt * te.const(qp.zp_value, i32)).astype("float32")
+            if not nhwc:
+                t = te_lib.fence(acc * m) + zp_f
+                return te_lib.saturate(te_lib.round_half_even(t), dt)
+            inv = te_lib.fence(te_lib.f32_const(1.0) / te_lib.fence(te_lib.f32_const(1.0) / m))
+            val = te_lib.q_val_value(acc, inv, zp_f, dt)
+            if vec_c == 0:
+                return val
+            return tirx.Select(i[1] < vec_c, q_vec_torch(acc, m, qp.zp_value, dt), val)
+
+        return te_lib.elementwise(sig.out.shape, body, self.name.replace(".", "_"))
+
     def torch_reference(self, sample: OpSample, sig: Sig) -> np.ndarray:
         from qcompiler.testing.torch_bridge import to_numpy, to_torch
 
@@ -461,6 +531,57 @@ class _AdaptiveAvgPool(OpDef):
             res[idx] = quant_val(acc, F32(F32(1) / (F32(1) / m)), qp, sig.out.dtype)
         return res
 
+    def lower(self, sig: Sig, x: Any) -> Any:
+        from qcompiler.lowering import te_lib
+        from qcompiler.lowering.tvm_compat import te, tirx
+
+        ty, dt = sig.in_types[0], sig.out.dtype
+        qp = ty.qparams
+        assert qp is not None
+        out = self._out(sig.attrs, ty)
+        nhwc = takes_channels_last(ty.shape)
+        base = self.name.replace(".", "_")
+        starts, lens, ks = [], [], []
+        for d, (i, n) in enumerate(zip(ty.shape[2:], out)):
+            win = np.array([adaptive_window(o, n, i) for o in range(n)], np.int32)
+            starts.append(te_lib.constant(win[:, 0].copy(), f"{base}_start{d}"))
+            lens.append(te_lib.constant((win[:, 1] - win[:, 0]).astype(np.int32),
+                                        f"{base}_len{d}"))
+            ks.append(te.reduce_axis((0, int((win[:, 1] - win[:, 0]).max())), name=f"k{d}"))
+
+        def total(*i: Any) -> Any:
+            inside = ks[0] < lens[0][i[2]]
+            for d in range(1, self.spatial):
+                inside = tirx.And(inside, ks[d] < lens[d][i[2 + d]])
+            idx = tuple(starts[d][i[2 + d]] + ks[d] for d in range(self.spatial))
+            v = tirx.if_then_else(inside, x[(i[0], i[1]) + idx].astype("int32"),
+                                  te.const(0, "int32"))
+            return te.sum(v, axis=ks)
+
+        sums = te.compute(sig.out.shape, total, name=f"{base}_sum")
+
+        def body(i: tuple[Any, ...]) -> Any:
+            kl = [lens[d][i[2 + d]] for d in range(self.spatial)]
+            if not nhwc:
+                if self.spatial == 3:
+                    r = (te.const(1.0, "float64") / kl[0].astype("float64")).astype("float32")
+                else:
+                    r = te_lib.f32_const(1.0)
+                for kk in kl[-2:]:
+                    r = te_lib.fence(r / kk.astype("float32"))
+                t = te_lib.round_half_even(te_lib.fence(sums[i].astype("float32") * r))
+                return te_lib.saturate(t, dt)
+            size = kl[0]
+            for kk in kl[1:]:
+                size = size * kk
+            one = te_lib.f32_const(1.0)
+            m = te_lib.fence(one / size.astype("float32"))
+            inv = te_lib.fence(one / te_lib.fence(one / m))
+            acc = (sums[i] - size * te.const(qp.zp_value, "int32")).astype("float32")
+            return te_lib.q_val_value(acc, inv, te_lib.f32_const(qp.zp_value), dt)
+
+        return te_lib.elementwise(sig.out.shape, body, base)
+
     def torch_reference(self, sample: OpSample, sig: Sig) -> np.ndarray:
         from qcompiler.testing.torch_bridge import to_numpy, to_torch
 
@@ -597,22 +718,42 @@ class QUpsampleNearest(OpDef):
         out, _ = _up_out(self.name, attrs, x, x.rank - 2)
         return x.with_shape(x.shape[:2] + out)
 
-    def reference(self, sig: Sig, x: np.ndarray) -> np.ndarray:
+    def _index_tables(self, sig: Sig) -> list[np.ndarray] | None:
+        """Per spatial dim, the source index of every output index (None: plain copy)."""
         ty = sig.in_types[0]
         out, sfs = _up_out(self.name, sig.attrs, ty, ty.rank - 2)
         if out == ty.shape[2:]:
-            return x.copy()
-        res = x
-        for d, (i, o, sf) in enumerate(zip(ty.shape[2:], out, sfs)):
+            return None
+        tables = []
+        for i, o, sf in zip(ty.shape[2:], out, sfs):
             sc = _src_scale(i, o, sf)
             dst = np.arange(o)
             if sig.attrs.exact:
                 src = np.floor(((dst.astype(F32) + F32(0.5)) * sc).astype(F32))
             else:
                 src = np.floor((dst.astype(F32) * sc).astype(F32))
-            idx = np.minimum(src.astype(np.int64), i - 1)
+            tables.append(np.minimum(src.astype(np.int64), i - 1).astype(np.int32))
+        return tables
+
+    def reference(self, sig: Sig, x: np.ndarray) -> np.ndarray:
+        tables = self._index_tables(sig)
+        if tables is None:
+            return x.copy()
+        res = x
+        for d, idx in enumerate(tables):
             res = np.take(res, idx, axis=2 + d)
         return np.ascontiguousarray(res)
+
+    def lower(self, sig: Sig, x: Any) -> Any:
+        from qcompiler.lowering import te_lib
+
+        tables = self._index_tables(sig)
+        if tables is None:
+            return te_lib.elementwise(sig.out.shape, lambda i: x[i], "qnn_upsample_nearest")
+        tabs = [te_lib.constant(t, f"qnn_upsample_nearest_idx{d}")
+                for d, t in enumerate(tables)]
+        return te_lib.elementwise(sig.out.shape, lambda i: x[(i[0], i[1]) + tuple(
+            tabs[d][i[2 + d]] for d in range(len(tabs)))], "qnn_upsample_nearest")
 
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         cases = (((1, 3, 4, 5), None, (2.0, 2.0), False), ((2, 2, 5, 3), (7, 9), None, False),
@@ -738,6 +879,44 @@ class QUpsampleBilinear(OpDef):
         v = lerp(hl0, lerp(wl0, p00, wl1, p01), hl1, lerp(wl0, p10, wl1, p11))
         v = (v - F32(qp.zp_value)).astype(F32)
         return quant_val(v, inv_f(1.0), qp, sig.out.dtype)
+
+    def lower(self, sig: Sig, x: Any) -> Any:
+        from qcompiler.lowering import te_lib
+
+        ty = sig.in_types[0]
+        qp = ty.qparams
+        assert qp is not None
+        (oh, ow), (sfh, sfw) = _up_out(self.name, sig.attrs, ty, 2)
+        ih, iw = ty.shape[2:]
+        name = "qnn_upsample_bilinear"
+        if (oh, ow) == (ih, iw):
+            return te_lib.elementwise(sig.out.shape, lambda i: x[i], name)
+        al = bool(sig.attrs.align_corners)
+        fused = takes_channels_last(ty.shape)
+        tabs = {}
+        for axis, (isz, osz, sf) in (("h", (ih, oh, sfh)), ("w", (iw, ow, sfw))):
+            i0, step, l0, l1 = _bilinear_params(isz, osz, sf, al, fused)
+            for key, arr in (("0", i0.astype(np.int32)), ("1", (i0 + step).astype(np.int32)),
+                             ("l0", l0), ("l1", l1)):
+                tabs[axis + key] = te_lib.constant(arr, f"{name}_{axis}{key}")
+
+        def lerp(a: Any, pa: Any, b: Any, pb: Any) -> Any:
+            if fused:
+                return te_lib.fence(te_lib.fma(a, pa, te_lib.fence(b * pb)))
+            return te_lib.fence(a * pa) + te_lib.fence(b * pb)
+
+        def body(i: tuple[Any, ...]) -> Any:
+            n, c, y, z = i
+            h0, h1, w0, w1 = tabs["h0"][y], tabs["h1"][y], tabs["w0"][z], tabs["w1"][z]
+            p = [x[n, c, hh, ww].astype("float32") for hh in (h0, h1) for ww in (w0, w1)]
+            wl0, wl1 = tabs["wl0"][z], tabs["wl1"][z]
+            v = lerp(tabs["hl0"][y], lerp(wl0, p[0], wl1, p[1]),
+                     tabs["hl1"][y], lerp(wl0, p[2], wl1, p[3]))
+            v = v - te_lib.f32_const(qp.zp_value)
+            return te_lib.q_val_value(v, te_lib.f32_const(inv_f(1.0)),
+                                      te_lib.f32_const(qp.zp_value), sig.out.dtype)
+
+        return te_lib.elementwise(sig.out.shape, body, name)
 
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         cases = (((1, 3, 4, 5), None, (2.0, 2.0), False), ((2, 2, 5, 3), (7, 9), None, True),

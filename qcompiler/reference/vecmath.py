@@ -2,8 +2,8 @@
 
 The dequantize -> f -> quantize kernels of PyTorch's quantized CPU ops (sigmoid, tanh, elu,
 celu, gelu, softmax) evaluate `f` with `at::vec::Vectorized<float>`, which calls Sleef
-(`Sleef_expf16_u10`, `Sleef_expm1f16_u10`, `Sleef_tanhf16_u10`) or PyTorch's own polynomials
-(`Vectorized<float>::erf`, `exp_u20`). These are not libm: they differ from a correctly rounded
+(`Sleef_expf16_u10`, `Sleef_expm1f16_u10`, `Sleef_tanhf16_u10`) or PyTorch's own polynomial
+(`Vectorized<float>::erf`). These are not libm: they differ from a correctly rounded
 result by up to an ulp, and an ulp flips a quantized rounding now and then. This module
 reproduces them operation by operation, every step rounded to float32 as the hardware rounds it
 (`fma32` is a single-rounding fused multiply-add).
@@ -14,7 +14,10 @@ Checked against torch 2.13 (AVX512 build) on 4 M float32 inputs each: `sleef_exp
 `expk2f` kernel that `sleef_expm1f` verifies; the float `torch.tanh` kernel itself dispatches to
 MKL, so no float torch op isolates it (the quantized tanh tests compare it end to end).
 
-A numpy-only leaf, like `quant_math`; the TE lowering mirrors these step for step.
+A numpy-only leaf, like `quant_math`. The elementwise algorithms are written against a small
+float32-arithmetic interface (`NumpyF32`) that spells out every rounding step; the activation
+bodies in ops/activation.py use the same interface. (Compiled kernels use lookup tables built
+from these functions, see lowering/te_vecmath.py.)
 """
 
 from __future__ import annotations
@@ -47,34 +50,87 @@ def fma32(a: np.ndarray | float, b: np.ndarray | float, c: np.ndarray | float) -
         return np.asarray(s.astype(F32))
 
 
-def _mul(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
-    return np.asarray(np.asarray(a, F32) * np.asarray(b, F32), F32)
+class NumpyF32:
+    """The float32 arithmetic the algorithms below are written in, on numpy arrays.
+
+    Every operation rounds to float32 once, as one AVX-512 instruction does. The algorithms
+    take it as a parameter `B` so that another backend with the same methods (e.g. a TE
+    expression builder) runs the identical operation sequence.
+    """
+
+    def const(self, v: float) -> np.float32:
+        return F32(v)
+
+    def mul(self, a: Any, b: Any) -> Any:
+        return np.asarray(np.asarray(a, F32) * np.asarray(b, F32), F32)
+
+    def add(self, a: Any, b: Any) -> Any:
+        return np.asarray(np.asarray(a, F32) + np.asarray(b, F32), F32)
+
+    def sub(self, a: Any, b: Any) -> Any:
+        return np.asarray(np.asarray(a, F32) - np.asarray(b, F32), F32)
+
+    def div(self, a: Any, b: Any) -> Any:
+        return np.asarray(np.asarray(a, F32) / np.asarray(b, F32), F32)
+
+    def fma(self, a: Any, b: Any, c: Any) -> Any:
+        return fma32(a, b, c)
+
+    def neg(self, a: Any) -> Any:
+        return np.asarray(-np.asarray(a, F32), F32)
+
+    def abs(self, a: Any) -> Any:
+        return np.asarray(np.abs(np.asarray(a, F32)), F32)
+
+    def lt(self, a: Any, b: Any) -> Any:
+        return np.asarray(a, F32) < np.asarray(b, F32)
+
+    def gt(self, a: Any, b: Any) -> Any:
+        return np.asarray(a, F32) > np.asarray(b, F32)
+
+    def or_(self, a: Any, b: Any) -> Any:
+        return np.logical_or(a, b)
+
+    def isnan(self, a: Any) -> Any:
+        return np.isnan(a)
+
+    def is_neg_zero(self, a: Any) -> Any:
+        return (np.asarray(a, F32) == 0) & np.signbit(a)
+
+    def select(self, cond: Any, a: Any, b: Any) -> Any:
+        return np.asarray(np.where(cond, a, b), F32)
+
+    def copysign(self, mag: Any, sign: Any) -> Any:
+        return np.asarray(np.copysign(np.asarray(mag, F32), np.asarray(sign, F32)), F32)
+
+    def rint_i32(self, a: Any) -> Any:
+        """Round half to even to int32 (vrint_vi2_vf / cvtps2dq). Inputs are first clamped to
+        +-2**30 and NaN becomes 0: every caller overrides results of out-of-range inputs."""
+        t = np.clip(np.nan_to_num(np.asarray(a, F32).astype(F64), nan=0.0), -(2.0**30), 2.0**30)
+        return np.rint(t).astype(np.int32)
+
+    def i2f(self, q: Any) -> Any:
+        return np.asarray(q, np.int32).astype(F32)
+
+    def shr1(self, q: Any) -> Any:
+        return np.asarray(q, np.int32) >> 1
+
+    def isub(self, a: Any, b: Any) -> Any:
+        return (np.asarray(a, np.int32) - np.asarray(b, np.int32)).astype(np.int32)
+
+    def pow2i(self, q: Any) -> Any:
+        """2**q as float32, built from its exponent bits ((q + 127) << 23), q in [-126, 127]."""
+        bits = (np.asarray(q, np.int64) + 127) << 23
+        return (bits & 0xFFFFFFFF).astype(np.uint32).view(np.int32).view(F32)
+
+    def minimum(self, a: Any, b: Any) -> Any:
+        return np.asarray(np.minimum(np.asarray(a, F32), np.asarray(b, F32)), F32)
+
+    def maximum(self, a: Any, b: Any) -> Any:
+        return np.asarray(np.maximum(np.asarray(a, F32), np.asarray(b, F32)), F32)
 
 
-def _add(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
-    return np.asarray(np.asarray(a, F32) + np.asarray(b, F32), F32)
-
-
-def _sub(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
-    return np.asarray(np.asarray(a, F32) - np.asarray(b, F32), F32)
-
-
-def _div(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
-    return np.asarray(np.asarray(a, F32) / np.asarray(b, F32), F32)
-
-
-def _rint_i32(x: np.ndarray) -> np.ndarray:
-    """vrint_vi2_vf: round half to even, as cvtps2dq (out of range -> INT32_MIN)."""
-    r = np.rint(np.asarray(x, F32).astype(F64))
-    ok = np.isfinite(r) & (r >= -(2.0**31)) & (r < 2.0**31)
-    return np.where(ok, r, -(2.0**31)).astype(np.int64).astype(np.int32)
-
-
-def _ldexp2(d: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """vldexp2_vf_vf_vi2: d * 2^(q>>1) * 2^(q - (q>>1)), two float32 multiplies."""
-    q = q.astype(np.int32)
-    q1 = q >> 1
-    return _mul(_mul(d, np.ldexp(F32(1), q1).astype(F32)), np.ldexp(F32(1), q - q1).astype(F32))
+NP = NumpyF32()
 
 
 R_LN2F = F32(1.442695040888963407359924681001892137426645954152985934135449406931)
@@ -82,185 +138,168 @@ L2UF = F32(0.693145751953125)
 L2LF = F32(1.428606765330187045e-06)
 
 
-def sleef_expf(d: np.ndarray) -> np.ndarray:
+def _ldexp2(B: Any, d: Any, q: Any) -> Any:
+    """vldexp2_vf_vf_vi2: d * 2^(q>>1) * 2^(q - (q>>1)), two float32 multiplies."""
+    q1 = B.shr1(q)
+    return B.mul(B.mul(d, B.pow2i(q1)), B.pow2i(B.isub(q, q1)))
+
+
+def sleef_expf(d: Any, B: Any = NP) -> Any:
     """Sleef_expf16_u10 (`xexpf`, FMA build): Cody-Waite reduction, degree-6 polynomial."""
-    d = np.asarray(d, F32)
+    if B is NP:
+        d = np.asarray(d, F32)
+    c = B.const
     with np.errstate(all="ignore"):
-        q = _rint_i32(_mul(d, R_LN2F))
-        qf = q.astype(F32)
-        s = fma32(qf, -L2UF, d)
-        s = fma32(qf, -L2LF, s)
-        u = F32(0.000198527617612853646278381)
-        u = fma32(u, s, F32(0.00139304355252534151077271))
-        u = fma32(u, s, F32(0.00833336077630519866943359))
-        u = fma32(u, s, F32(0.0416664853692054748535156))
-        u = fma32(u, s, F32(0.166666671633720397949219))
-        u = fma32(u, s, F32(0.5))
-        u = _add(F32(1), fma32(_mul(s, s), u, s))
-        u = _ldexp2(u, q)
-        u = np.where(d < F32(-104), F32(0), u)
-        u = np.where(d > F32(100), F32(np.inf), u)
-        return np.asarray(np.where(np.isnan(d), d, u), F32)
+        q = B.rint_i32(B.mul(d, c(R_LN2F)))
+        qf = B.i2f(q)
+        s = B.fma(qf, c(-L2UF), d)
+        s = B.fma(qf, c(-L2LF), s)
+        u = c(0.000198527617612853646278381)
+        u = B.fma(u, s, c(0.00139304355252534151077271))
+        u = B.fma(u, s, c(0.00833336077630519866943359))
+        u = B.fma(u, s, c(0.0416664853692054748535156))
+        u = B.fma(u, s, c(0.166666671633720397949219))
+        u = B.fma(u, s, c(0.5))
+        u = B.add(c(1), B.fma(B.mul(s, s), u, s))
+        u = _ldexp2(B, u, q)
+        u = B.select(B.lt(d, c(-104)), c(0), u)
+        u = B.select(B.gt(d, c(100)), c(np.inf), u)
+        return B.select(B.isnan(d), d, u)
 
 
 # --- Sleef's double-float arithmetic (df.h, ENABLE_FMA_SP); pairs are (hi, lo) -------------
 
-def _dfadd2_f2_f(xx: np.ndarray, xy: np.ndarray, y: np.ndarray | F32) -> tuple[np.ndarray, ...]:
-    rx = _add(xx, y)
-    v = _sub(rx, xx)
-    ry = _add(_sub(xx, _sub(rx, v)), _sub(y, v))
-    return rx, _add(ry, xy)
+def _dfadd2_f2_f(B: Any, xx: Any, xy: Any, y: Any) -> tuple[Any, Any]:
+    rx = B.add(xx, y)
+    v = B.sub(rx, xx)
+    ry = B.add(B.sub(xx, B.sub(rx, v)), B.sub(y, v))
+    return rx, B.add(ry, xy)
 
 
-def _dfadd2_f2_f2(xx: np.ndarray, xy: np.ndarray, yx: np.ndarray,
-                  yy: np.ndarray) -> tuple[np.ndarray, ...]:
-    rx = _add(xx, yx)
-    v = _sub(rx, xx)
-    ry = _add(_sub(xx, _sub(rx, v)), _sub(yx, v))
-    return rx, _add(ry, _add(xy, yy))
+def _dfadd2_f2_f2(B: Any, xx: Any, xy: Any, yx: Any, yy: Any) -> tuple[Any, Any]:
+    rx = B.add(xx, yx)
+    v = B.sub(rx, xx)
+    ry = B.add(B.sub(xx, B.sub(rx, v)), B.sub(yx, v))
+    return rx, B.add(ry, B.add(xy, yy))
 
 
-def _dfadd_f_f2(x: F32, yx: np.ndarray, yy: np.ndarray) -> tuple[np.ndarray, ...]:
-    rx = _add(x, yx)
-    return rx, _add(_add(_sub(x, rx), yx), yy)
+def _dfadd_f_f2(B: Any, x: Any, yx: Any, yy: Any) -> tuple[Any, Any]:
+    rx = B.add(x, yx)
+    return rx, B.add(B.add(B.sub(x, rx), yx), yy)
 
 
-def _dfadd_f2_f2(xx: np.ndarray, xy: np.ndarray, yx: np.ndarray,
-                 yy: np.ndarray) -> tuple[np.ndarray, ...]:
-    rx = _add(xx, yx)
-    return rx, _add(_add(_add(_sub(xx, rx), yx), xy), yy)
+def _dfadd_f2_f2(B: Any, xx: Any, xy: Any, yx: Any, yy: Any) -> tuple[Any, Any]:
+    rx = B.add(xx, yx)
+    return rx, B.add(B.add(B.add(B.sub(xx, rx), yx), xy), yy)
 
 
-def _dfmul_f2_f(xx: np.ndarray, xy: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
-    rx = _mul(xx, y)
-    return rx, fma32(xy, y, fma32(xx, y, -rx))
+def _dfmul_f2_f(B: Any, xx: Any, xy: Any, y: Any) -> tuple[Any, Any]:
+    rx = B.mul(xx, y)
+    return rx, B.fma(xy, y, B.fma(xx, y, B.neg(rx)))
 
 
-def _dfmul_f2_f2(xx: np.ndarray, xy: np.ndarray, yx: np.ndarray,
-                 yy: np.ndarray) -> tuple[np.ndarray, ...]:
-    rx = _mul(xx, yx)
-    return rx, fma32(xx, yy, fma32(xy, yx, fma32(xx, yx, -rx)))
+def _dfmul_f2_f2(B: Any, xx: Any, xy: Any, yx: Any, yy: Any) -> tuple[Any, Any]:
+    rx = B.mul(xx, yx)
+    return rx, B.fma(xx, yy, B.fma(xy, yx, B.fma(xx, yx, B.neg(rx))))
 
 
-def _dfsqu_f2(xx: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, ...]:
-    rx = _mul(xx, xx)
-    return rx, fma32(_add(xx, xx), xy, fma32(xx, xx, -rx))
+def _dfsqu_f2(B: Any, xx: Any, xy: Any) -> tuple[Any, Any]:
+    rx = B.mul(xx, xx)
+    return rx, B.fma(B.add(xx, xx), xy, B.fma(xx, xx, B.neg(rx)))
 
 
-def _dfrec_f2(dx: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, ...]:
-    qx = _div(F32(1), dx)
-    return qx, _mul(qx, fma32(-dy, qx, fma32(-dx, qx, F32(1))))
+def _dfrec_f2(B: Any, dx: Any, dy: Any) -> tuple[Any, Any]:
+    one = B.const(1)
+    qx = B.div(one, dx)
+    return qx, B.mul(qx, B.fma(B.neg(dy), qx, B.fma(B.neg(dx), qx, one)))
 
 
-def _dfdiv_f2_f2(nx: np.ndarray, ny: np.ndarray, dx: np.ndarray,
-                 dy: np.ndarray) -> tuple[np.ndarray, ...]:
-    t = _div(F32(1), dx)
-    qx = _mul(nx, t)
-    u = fma32(t, nx, -qx)
-    qy = fma32(-dy, t, fma32(-dx, t, F32(1)))
-    return qx, fma32(qx, qy, fma32(ny, t, u))
+def _dfdiv_f2_f2(B: Any, nx: Any, ny: Any, dx: Any, dy: Any) -> tuple[Any, Any]:
+    one = B.const(1)
+    t = B.div(one, dx)
+    qx = B.mul(nx, t)
+    u = B.fma(t, nx, B.neg(qx))
+    qy = B.fma(B.neg(dy), t, B.fma(B.neg(dx), t, one))
+    return qx, B.fma(qx, qy, B.fma(ny, t, u))
 
 
-def _expk2f(dx: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, ...]:
+def _expk2f(B: Any, dx: Any, dy: Any) -> tuple[Any, Any]:
     """Sleef's double-float exp kernel: exp(dx + dy) as an unevaluated (hi, lo) pair."""
-    q = _rint_i32(_mul(_add(dx, dy), R_LN2F))
-    qf = q.astype(F32)
-    sx, sy = _dfadd2_f2_f(dx, dy, _mul(qf, -L2UF))
-    sx, sy = _dfadd2_f2_f(sx, sy, _mul(qf, -L2LF))
-    u = F32(+0.1980960224e-3)
-    u = fma32(u, sx, F32(+0.1394256484e-2))
-    u = fma32(u, sx, F32(+0.8333456703e-2))
-    u = fma32(u, sx, F32(+0.4166637361e-1))
-    tx, ty = _dfmul_f2_f(sx, sy, u)
-    tx, ty = _dfadd2_f2_f(tx, ty, F32(+0.166666659414234244790680580464e+0))
-    tx, ty = _dfmul_f2_f2(sx, sy, tx, ty)
-    tx, ty = _dfadd2_f2_f(tx, ty, F32(0.5))
-    qx, qy = _dfsqu_f2(sx, sy)
-    tx, ty = _dfmul_f2_f2(qx, qy, tx, ty)
-    tx, ty = _dfadd2_f2_f2(sx, sy, tx, ty)
-    tx, ty = _dfadd_f_f2(F32(1), tx, ty)
-    tx = _ldexp2(tx, q)
-    ty = _ldexp2(ty, q)
-    tiny = dx < F32(-104)
-    return np.where(tiny, F32(0), tx), np.where(tiny, F32(0), ty)
+    c = B.const
+    q = B.rint_i32(B.mul(B.add(dx, dy), c(R_LN2F)))
+    qf = B.i2f(q)
+    sx, sy = _dfadd2_f2_f(B, dx, dy, B.mul(qf, c(-L2UF)))
+    sx, sy = _dfadd2_f2_f(B, sx, sy, B.mul(qf, c(-L2LF)))
+    u = c(+0.1980960224e-3)
+    u = B.fma(u, sx, c(+0.1394256484e-2))
+    u = B.fma(u, sx, c(+0.8333456703e-2))
+    u = B.fma(u, sx, c(+0.4166637361e-1))
+    tx, ty = _dfmul_f2_f(B, sx, sy, u)
+    tx, ty = _dfadd2_f2_f(B, tx, ty, c(+0.166666659414234244790680580464e+0))
+    tx, ty = _dfmul_f2_f2(B, sx, sy, tx, ty)
+    tx, ty = _dfadd2_f2_f(B, tx, ty, c(0.5))
+    qx, qy = _dfsqu_f2(B, sx, sy)
+    tx, ty = _dfmul_f2_f2(B, qx, qy, tx, ty)
+    tx, ty = _dfadd2_f2_f2(B, sx, sy, tx, ty)
+    tx, ty = _dfadd_f_f2(B, c(1), tx, ty)
+    tx = _ldexp2(B, tx, q)
+    ty = _ldexp2(B, ty, q)
+    tiny = B.lt(dx, c(-104))
+    return B.select(tiny, c(0), tx), B.select(tiny, c(0), ty)
 
 
-def sleef_expm1f(a: np.ndarray) -> np.ndarray:
+def sleef_expm1f(a: Any, B: Any = NP) -> Any:
     """Sleef_expm1f16_u10 (`xexpm1f`): exactly -1 below -16.6355, +inf above 88.7228."""
-    a = np.asarray(a, F32)
+    if B is NP:
+        a = np.asarray(a, F32)
+    c = B.const
     with np.errstate(all="ignore"):
-        dx, dy = _expk2f(a, np.zeros_like(a))
-        dx, dy = _dfadd2_f2_f(dx, dy, F32(-1.0))
-        x = _add(dx, dy)
-        x = np.where(a > F32(88.72283172607421875), F32(np.inf), x)
-        x = np.where(a < F32(-16.635532333438687426013570), F32(-1), x)
-        x = np.where((a == 0) & np.signbit(a), F32(-0.0), x)
-        return np.asarray(np.where(np.isnan(a), a, x), F32)
+        dx, dy = _expk2f(B, a, c(0))
+        dx, dy = _dfadd2_f2_f(B, dx, dy, c(-1.0))
+        x = B.add(dx, dy)
+        x = B.select(B.gt(a, c(88.72283172607421875)), c(np.inf), x)
+        x = B.select(B.lt(a, c(-16.635532333438687426013570)), c(-1), x)
+        x = B.select(B.is_neg_zero(a), c(-0.0), x)
+        return B.select(B.isnan(a), a, x)
 
 
-def sleef_tanhf(x: np.ndarray) -> np.ndarray:
+def sleef_tanhf(x: Any, B: Any = NP) -> Any:
     """Sleef_tanhf16_u10 (`xtanhf`): (e - 1/e) / (e + 1/e) in double-float, e = exp(|x|)."""
-    x = np.asarray(x, F32)
+    if B is NP:
+        x = np.asarray(x, F32)
+    c = B.const
     with np.errstate(all="ignore"):
-        ax = np.abs(x)
-        dx, dy = _expk2f(ax, np.zeros_like(ax))
-        ex, ey = _dfrec_f2(dx, dy)
-        nx, ny = _dfadd_f2_f2(dx, dy, -ex, -ey)
-        mx, my = _dfadd_f2_f2(dx, dy, ex, ey)
-        qx, qy = _dfdiv_f2_f2(nx, ny, mx, my)
-        y = _add(qx, qy)
-        y = np.where((ax > F32(18.714973875)) | np.isnan(y), F32(1.0), y)
-        y = np.copysign(y, x)
-        return np.asarray(np.where(np.isnan(x), x, y), F32)
+        ax = B.abs(x)
+        dx, dy = _expk2f(B, ax, c(0))
+        ex, ey = _dfrec_f2(B, dx, dy)
+        nx, ny = _dfadd_f2_f2(B, dx, dy, B.neg(ex), B.neg(ey))
+        mx, my = _dfadd_f2_f2(B, dx, dy, ex, ey)
+        qx, qy = _dfdiv_f2_f2(B, nx, ny, mx, my)
+        y = B.add(qx, qy)
+        y = B.select(B.or_(B.gt(ax, c(18.714973875)), B.isnan(y)), c(1.0), y)
+        y = B.copysign(y, x)
+        return B.select(B.isnan(x), x, y)
 
 
-def vec_erf(x: np.ndarray) -> np.ndarray:
+def vec_erf(x: Any, B: Any = NP) -> Any:
     """`Vectorized<float>::erf` (AVX512): Abramowitz-Stegun 7.1.26 with Sleef expf.
 
     t = 1 / fma(0.3275911, |x|, 1); r = Horner(p5..p1, t) with fma;
     erf = sign(x) * fma(-exp(-x*x) * t, r, 1).
     """
-    x = np.asarray(x, F32)
+    if B is NP:
+        x = np.asarray(x, F32)
+    c = B.const
     with np.errstate(all="ignore"):
-        ax = np.abs(x)
-        t = _div(F32(1), fma32(F32(0.3275911), ax, F32(1)))
-        r = fma32(F32(1.061405429), t, F32(-1.453152027))
-        r = fma32(r, t, F32(1.421413741))
-        r = fma32(r, t, F32(-0.284496736))
-        r = fma32(r, t, F32(0.254829592))
-        e = -sleef_expf(-_mul(x, x))
-        y = fma32(_mul(e, t), r, F32(1))
-        return np.asarray(np.copysign(y, x), F32)
-
-
-def exp_u20(x: np.ndarray) -> np.ndarray:
-    """`Vectorized<float>::exp_u20` (AVX512): PyTorch's fast exp (softmax uses it).
-
-    fx = floor(fma(clamp(x), log2e, 0.5)); r = x - fx*ln2 (fnmadd); degree-5 polynomial;
-    result = p * 2^(fx-1) * 2, with 2^(fx-1) built from the exponent bits (0 below ln(FLT_MIN)).
-    """
-    x = np.asarray(x, F32)
-    log2e = np.array([0x3FB8AA3B], np.int32).view(F32)[0]
-    ln2 = np.array([0x3F317218], np.int32).view(F32)[0]
-    ln_min = np.array([0xC2AEAC50], np.uint32).view(np.int32).view(F32)[0]
-    ln_max = np.array([0x42B17218], np.int32).view(F32)[0]
-    with np.errstate(all="ignore"):
-        below = x < ln_min
-        src = np.minimum(x, ln_max)
-        src = np.maximum(src, ln_min).astype(F32)
-        fx = np.floor(fma32(src, log2e, F32(0.5)).astype(F64))
-        fx = np.clip(fx, -(2.0**31), 2.0**31 - 1).astype(F32)
-        r = fma32(-fx, ln2, src)
-        p = fma32(r, F32(0.00828929059), F32(0.0418978221))
-        p = fma32(r, p, F32(0.166676521))
-        p = fma32(r, p, F32(0.499991506))
-        p = fma32(r, p, F32(0.999999701))
-        p = fma32(r, p, F32(1.0))
-        n = np.rint(_sub(fx, F32(1)).astype(F64)).astype(np.int64)
-        bits = ((n + 127) & 0x1FF) << 23
-        two_n = (bits & 0xFFFFFFFF).astype(np.uint32).view(np.int32).view(F32)
-        two_n = np.where(below, F32(0), two_n)
-        return _mul(_mul(p, two_n), F32(2))
+        ax = B.abs(x)
+        t = B.div(c(1), B.fma(c(0.3275911), ax, c(1)))
+        r = B.fma(c(1.061405429), t, c(-1.453152027))
+        r = B.fma(r, t, c(1.421413741))
+        r = B.fma(r, t, c(-0.284496736))
+        r = B.fma(r, t, c(0.254829592))
+        e = B.neg(sleef_expf(B.neg(B.mul(x, x)), B))
+        y = B.fma(B.mul(e, t), r, c(1))
+        return B.copysign(y, x)
 
 
 # --- softmax (ATen's CPU float kernels, AVX512) ----------------------------------------------
@@ -315,15 +354,15 @@ def softmax_f32(x: np.ndarray, axis: int) -> np.ndarray:
         if axis == x.ndim - 1:
             rows = x.reshape(-1, x.shape[-1])
             m = _reduce_all(rows, np.maximum)
-            e = sleef_expf(_sub(rows, m[:, None]))
-            s = _reduce_all(e, _add)
-            return _mul(e, _div(F32(1), s)[:, None]).reshape(x.shape)
+            e = sleef_expf(NP.sub(rows, m[:, None]))
+            s = _reduce_all(e, NP.add)
+            return NP.mul(e, NP.div(F32(1), s)[:, None]).reshape(x.shape)
         xm = np.moveaxis(x, axis, 0)
         m = xm[0].copy()
         for d in range(1, xm.shape[0]):
             m = np.maximum(m, xm[d])
-        e = np.stack([sleef_expf(_sub(xm[d], m)) for d in range(xm.shape[0])])
+        e = np.stack([sleef_expf(NP.sub(xm[d], m)) for d in range(xm.shape[0])])
         s = np.zeros_like(m)
         for d in range(xm.shape[0]):
-            s = _add(s, e[d])
-        return np.moveaxis(_div(e, s), 0, axis)
+            s = NP.add(s, e[d])
+        return np.moveaxis(NP.div(e, s), 0, axis)

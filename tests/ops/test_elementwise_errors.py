@@ -109,6 +109,7 @@ def test_activation_attr_errors():
 def test_fixed_qparam_ops_reject_qint32():
     fails("qnn.hardsigmoid", [qtype([4], i32, 0.1, 0)], NoAttrs(), "supported: quint8")
     fails("qnn.tanh", [qtype([4], i32, 0.1, 0)], NoAttrs(), "supported: quint8")
+    fails("qnn.softmax", [qtype([4], i32, 0.1, 0)], SoftmaxAttrs(0, OUT), "supported: quint8")
 
 
 # --- pooling -------------------------------------------------------------------------------

@@ -1,0 +1,193 @@
+"""conv2d_int8_x86: the packed conv of `strategies.conv2d_packed` (both layouts), tensorized.
+
+Registered for the x86 families on every conv op the strategy covers. It applies only to a
+function that has the strategy's blocks (else None: the generic rule schedules the generic
+lowering) and only when the target has the intrinsic's feature (a VNNI kernel compiled for a
+CPU without avx512vnni kills the process inside LLVM).
+"""
+
+from __future__ import annotations
+
+import math
+
+from qcompiler.codegen.rule import ScheduleRule, register_rule
+from qcompiler.codegen.x86.intrin import intrinsic_by_name
+from qcompiler.codegen.x86.sched_util import (
+    attempt,
+    compute_consumers_at,
+    extents,
+    find_block,
+    schedule_spatial,
+    vectorize_blocks,
+    vectorize_inner,
+)
+from qcompiler.codegen.x86.strategies import (
+    ANN_INTRIN,
+    ANN_TILE_M,
+    ANN_TILE_N,
+    CONV_ACC,
+    CONV_DOT,
+    CONV_OUT,
+    CONV_PACK,
+    CONV_REQUANT,
+    CONV_RESIDUAL,
+    CONV_XSUM,
+    X86_FAMILIES,
+)
+from qcompiler.lowering.tvm_compat import PrimFunc, Schedule, block_info, child_blocks
+from qcompiler.target import TargetPreset
+
+CONV_OPS = ("qnn.conv2d", "qnn.conv2d_relu", "qnn.conv2d_add", "qnn.conv2d_add_relu")
+
+
+def _register(cls: type[ScheduleRule]) -> type[ScheduleRule]:
+    for op in CONV_OPS:
+        for fam in X86_FAMILIES:
+            register_rule(op, fam)(cls)
+    return cls
+
+
+@_register
+class Conv2dInt8X86(ScheduleRule):
+    """Packed conv2d on x86. Strategy:
+
+    1. inline the NHWC views (accumulator + corrections, residual) into the requantize block;
+    2. tile the requantize block's padded grid (NHWC when lanes are channels, NCHW when they
+       are positions): OW by `ow_t`, channels by `oc_t` (the strategy padded both to whole
+       tiles), loop order n, oc-tile, oh, ow-tile;
+    3. compute the dot's tile at the ow-tile loop, in the order kh, kw, ic-group | oc, ow,
+       lane, g: the accumulators of the tile (16 zmm for VNNI) stay in registers for the whole
+       reduction, each loaded vector feeds several instructions; the epilogue (requantize,
+       the NCHW write-back, the kernel group's later element-wise nodes) runs right after it
+       on the same tile, so the int32 tile never goes to memory; requantize is vectorized
+       along the lanes;
+    4. one parallel loop over (n, oc-tile, oh);
+    5. zero-init split out of the reduction, oc/ow unrolled (constant register indices);
+    6. the packing stage and the activation sums (weight zero points only) as parallel loops
+       before it;
+    7. (lane, g) tensorized into one `vpdpbusd` (or `vpmaddwd` + add).
+
+    Rejected: computing the accumulator tile into a separate cache buffer (`cache_write`, as
+    recipe 4 does for a bare conv): the epilogue consumes the tile in place; inlining the pad
+    into the dot (an `if_then_else` inside the tensorized load breaks the intrinsic match).
+    """
+
+    name = "conv2d_int8_x86"
+
+    def apply(self, func: PrimFunc, target: TargetPreset) -> Schedule | None:
+        from qcompiler.lowering.tvm_compat import new_schedule
+
+        sch = new_schedule(func)
+        dot = find_block(sch, CONV_DOT)
+        if dot is None:
+            return None
+        ann = sch.get(dot).annotations
+        intrin = intrinsic_by_name(str(ann[ANN_INTRIN]))
+        if not target.has(intrin.feature):
+            return None
+        ow_t, oc_t = int(ann[ANN_TILE_M]), int(ann[ANN_TILE_N])
+        lanes = 16 if target.has("avx512f") else 8
+        cores = target.num_cores
+
+        # --- phase 1: views into the epilogue ---
+        for name in (CONV_ACC, CONV_RESIDUAL):
+            b = find_block(sch, name)
+            if b is not None:
+                sch.compute_inline(b)
+
+        # --- phase 2: tile the epilogue's grid (NHWC for nchwc, NCHW for nchw) ---
+        # NOTE: tiles are driven from the consumer: the dot is computed *at* the epilogue's
+        # tile loop (compute_at). The other way round (reverse_compute_at of the epilogue under
+        # the dot's loop) needs every producer of the epilogue under that loop, which the
+        # activation sums of weight zero points are not.
+        req = find_block(sch, CONV_REQUANT)
+        assert req is not None
+        nchw = intrin.weight_broadcast
+        if nchw:
+            n, oc, oh, ow = sch.get_loops(req)
+            oco, oci = sch.split(oc, [None, oc_t])
+        else:
+            n, oh, ow, oc = sch.get_loops(req)
+            oco, oci = sch.split(oc, [None, oc_t * intrin.lanes])
+        owo, owi = sch.split(ow, [None, ow_t])
+        if nchw:
+            sch.reorder(n, oco, oh, owo, oci, owi)
+            vectorize_inner(sch, owi, lanes)
+        else:
+            sch.reorder(n, oco, oh, owo, owi, oci)
+            vectorize_inner(sch, oci, lanes)
+
+        # --- phase 3: the register tile of the dot, computed per epilogue tile ---
+        sch.compute_at(dot, owo, preserve_unit_loops=True)
+        if nchw:
+            _, ob, _, ow_l, kh, kw, ic, g = sch.get_loops(dot)[-8:]
+            ow_l, lane = sch.split(ow_l, [None, intrin.lanes])
+        else:
+            _, ob, _, ow_l, lane, kh, kw, ic, g = sch.get_loops(dot)[-9:]
+        sch.reorder(kh, kw, ic, ob, ow_l, lane, g)
+        done = {CONV_DOT, CONV_REQUANT}
+        last = req
+        epilogue: list[str] = []
+        out = find_block(sch, CONV_OUT)
+        if out is not None:
+            sch.reverse_compute_at(out, owo)
+            epilogue.append(CONV_OUT)
+            last = out
+        epilogue += compute_consumers_at(sch, last, owo)
+        done.update(epilogue)
+
+        # --- phase 4: parallel outer loop ---
+        ext = extents(sch, [n, oco, oh])
+        par = sch.fuse(n, oco, oh)
+        if cores > 1 and ext is not None and ext[0] * ext[1] * ext[2] > 1:
+            sch.parallel(par)
+
+        # --- phase 5: init, unroll (tensorize comes last: NOTE Schedule.copy, which every
+        # optional step tries first, fails on a schedule holding a tensorized block) ---
+        init = sch.decompose_reduction(dot, kh)
+        attempt(sch, lambda t: t.vectorize(t.get_loops(init)[-1]))
+        sch.unroll(ow_l)
+        sch.unroll(ob)
+
+        # --- phase 6: packing and activation sums ---
+        pack = find_block(sch, CONV_PACK)
+        if pack is not None:
+            done.add(CONV_PACK)
+            _schedule_pack(sch, pack, cores, lanes)
+        xsum = find_block(sch, CONV_XSUM)
+        if xsum is not None:
+            done.add(CONV_XSUM)
+            _schedule_xsum(sch, xsum, cores)
+        for b in child_blocks(sch):
+            if block_info(sch, b)[0] not in done:
+                schedule_spatial(sch, b, cores, lanes)
+        vectorize_blocks(sch, epilogue, lanes)
+        sch.tensorize(lane, intrin.name)
+        return sch
+
+
+def _schedule_pack(sch: Schedule, block: object, cores: int, lanes: int) -> None:
+    """Activation words [N][ICB][Hp][(S)][Wp]: parallel over (n, icb, h); each row is whole
+    vectors (the strategy rounds Wp up), loaded contiguously from the NCHW input."""
+    loops = sch.get_loops(block)
+    ext = extents(sch, loops)
+    if ext is None:
+        return
+    par = sch.fuse(*loops[:3])
+    if cores > 1 and ext[0] * ext[1] * ext[2] > 1 and math.prod(ext) > 1024:
+        sch.parallel(par)
+    vectorize_inner(sch, loops[-1], 16)
+
+
+def _schedule_xsum(sch: Schedule, block: object, cores: int) -> None:
+    """Activation sums [N][OH][OWp] (weight zero points only): parallel over (n, oh), the
+    reduction innermost (integer sums: any order is exact)."""
+    loops = sch.get_loops(block)
+    ext = extents(sch, loops)
+    par = sch.fuse(loops[0], loops[1])
+    if cores > 1 and ext is not None and ext[0] * ext[1] > 1:
+        sch.parallel(par)
+    attempt(sch, lambda t: t.decompose_reduction(block, t.get_loops(block)[2]))
+
+
+__all__ = ["CONV_OPS", "Conv2dInt8X86"]
