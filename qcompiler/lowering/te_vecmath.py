@@ -39,18 +39,38 @@ def _add_i32_saturate(r: PrimExpr, zp: int, dtype: DType) -> PrimExpr:
     return te_lib.saturate(w, dtype)
 
 
-def q_vec_torch(x: PrimExpr, inv: PrimExpr, zp: int, dtype: DType) -> PrimExpr:
+_SAFE = 2.0**30
+"""|x * inv| below which PyTorch's vector quantize cannot overflow int32 (then it is the plain
+clamp(zp + rint(x * inv)) of te_lib.q_vec_value, which compiles much faster)."""
+
+
+def q_vec_torch(x: PrimExpr, inv: PrimExpr, zp: int, dtype: DType,
+                bound: float | None = None) -> PrimExpr:
     """elementwise.quant_vec: QuantizeAvx512 = clamp(zp + rint(min(f32(x * inv), 2^31-128)))
-    with cvtps2dq's INT32_MIN below -2^31, NaN -> 2^31-128, and a wrapping int32 `+ zp`."""
+    with cvtps2dq's INT32_MIN below -2^31, NaN -> 2^31-128, and a wrapping int32 `+ zp`.
+
+    `bound`: a proven bound on |x * inv| (e.g. from the input ranges); below 2**30 the
+    overflow emulation is skipped.
+    """
+    if bound is not None and bound < _SAFE:
+        return te_lib.q_vec_value(x, inv, int(zp), dtype)
     t = te_lib.fence(x * inv)
     big = te_lib.f32_const(2.0**31 - 128)
     t = tirx.Select(tirx.Or(te.isnan(t), t > big), big, t)
     return _add_i32_saturate(_cvtps_epi32(t), zp, dtype)
 
 
-def requantize_torch(acc: PrimExpr, multiplier: float, zp: int, dtype: DType) -> PrimExpr:
+def requantize_torch(acc: PrimExpr, multiplier: float, zp: int, dtype: DType,
+                     acc_bound: int | None = None) -> PrimExpr:
     """elementwise.requantize_int: RequantizeAvx512 = clamp(wrap32(cvtps2dq(f32(acc) * m) +
-    zp)); `acc` is an integer expression (int32 or int64, exactly representable)."""
+    zp)); `acc` is an integer expression (int32 or int64, exactly representable).
+
+    `acc_bound`: a proven bound on |acc|; when |acc * m| stays below 2**30 the overflow
+    emulation is skipped (clamp(zp + rint(f32(acc) * m)) in float32, exact there).
+    """
     a = acc if expr_dtype(acc) == "int32" else acc.astype("int64")
     t = te_lib.fence(a.astype("float32") * te_lib.f32_const(multiplier))
+    if acc_bound is not None and abs(float(acc_bound) * float(multiplier)) * 1.001 < _SAFE:
+        r = te_lib.round_half_even(t)
+        return te_lib.saturate(r + te_lib.f32_const(float(zp)), dtype)
     return _add_i32_saturate(_cvtps_epi32(t), zp, dtype)

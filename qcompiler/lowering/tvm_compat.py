@@ -20,9 +20,8 @@ import tvm
 import tvm_ffi
 from tvm import relax, te, tirx, topi
 from tvm.ir import IRModule
-from tvm.s_tir import Schedule
+from tvm.s_tir import Schedule, TensorIntrin
 from tvm.s_tir.schedule import SBlockRV as BlockRV
-from tvm.s_tir import TensorIntrin
 from tvm.s_tir.schedule import ScheduleError
 from tvm.script import tirx as T
 from tvm.target import Target

@@ -364,7 +364,7 @@ class QPrelu(OpDef):
             q = x[i].astype("int32")
             wv = w[i[1] if per_channel else 0].astype("int32") - zw
             acc = (te.max(q, zx) - zx) * te.const(one, "int32") + (te.min(q, zx) - zx) * wv
-            return requantize_torch(acc, float(m), oq.zp_value, dt)
+            return requantize_torch(acc, float(m), oq.zp_value, dt, acc_bound=2 * 255 * 255)
 
         return te_lib.elementwise(sig.out.shape, body, "qnn_prelu")
 
@@ -853,9 +853,75 @@ class QSoftmax(OpDef):
                            int(sig.attrs.axis))
         return qm.quantize_per_tensor(y, oq.scale_value, oq.zp_value, sig.out.dtype)
 
-    # TODO(#5): lower() is not enabled yet: the TE version in progress fails to build in
-    # TVM ("Trying to update var rdiv with a different const bound"); compiled models with
-    # a quantized softmax are refused with a LoweringError until it lands.
+    def lower(self, sig: Sig, x: Any) -> Any:
+        """Stages as vecmath.softmax_f32. The dequantized max is the dequantized integer max
+        (dequantize is monotonic), so exp(d - max) is a 256x256 table indexed by (q, max q),
+        computed with vecmath.sleef_expf; then the sum in ATen's order (last axis: 16 lane
+        sums, the masked tail, the xor-shuffle tree; other axes: sequential), the scale and
+        quantize_per_tensor (fbgemm)."""
+        from qcompiler.lowering import te_lib
+        from qcompiler.lowering.tvm_compat import te
+
+        ti = sig.in_types[0]
+        qp, oq = _qparams(ti), _qparams(sig.out)
+        shape, rank = sig.out.shape, sig.out.rank
+        ax = int(sig.attrs.axis) % rank
+        n = shape[ax]
+        red = shape[:ax] + shape[ax + 1:]
+        last = ax == rank - 1
+        lo = ti.dtype.qmin
+        d = deq_sub(np.arange(lo, ti.dtype.qmax + 1).astype(ti.dtype.np), qp)
+        table = vm.sleef_expf(vm.NP.sub(d[:, None], d[None, :]))
+        lut = te_lib.constant(np.ascontiguousarray(table), "qnn_softmax_exp_lut")
+
+        def at(i: tuple[Any, ...], k: Any) -> tuple[Any, ...]:
+            return tuple(i[:ax]) + (k,) + tuple(i[ax:])
+
+        def drop(i: tuple[Any, ...]) -> tuple[Any, ...]:
+            return tuple(i[:ax]) + tuple(i[ax + 1:])
+
+        k = te.reduce_axis((0, n), name="k")
+        m = te.compute(red, lambda *i: te.max(x[at(i, k)], axis=k), name="qnn_softmax_max")
+        e = te.compute(shape, lambda *i: lut[x[i].astype("int32") - lo,
+                                             m[drop(i)].astype("int32") - lo],
+                       name="qnn_softmax_exp")
+        if last and n >= 16:
+            nb, rem = n // 16, n % 16
+            b = te.reduce_axis((0, nb), name="b")
+            lanes = te.compute(red + (16,), lambda *i: te.sum(
+                e[tuple(i[:-1]) + (b * 16 + i[-1],)], axis=b), name="qnn_softmax_lanes")
+
+            def row_sum(*i: Any) -> Any:
+                # lane l: its full-block sum, plus the masked tail element when l < rem; then
+                # the shuffle tree (xor 8, 4, 2, 1), expanded for lane 0: 16 leaves
+                leaf = [lanes[tuple(i) + (lane,)] + e[tuple(i) + (nb * 16 + lane,)]
+                        if lane < rem else lanes[tuple(i) + (lane,)] for lane in range(16)]
+
+                def node(level: int, lane: int) -> Any:
+                    if level == 0:
+                        return leaf[lane]
+                    bit = (8, 4, 2, 1)[level - 1]
+                    return node(level - 1, lane) + node(level - 1, lane ^ bit)
+
+                return node(4, 0)
+
+            total = te.compute(red, row_sum, name="qnn_softmax_sum")
+        else:
+            k2 = te.reduce_axis((0, n), name="k2")
+            total = te.compute(red, lambda *i: te.sum(e[at(i, k2)], axis=k2),
+                               name="qnn_softmax_sum")
+        qf = te_lib.quantize_fn(oq, sig.out.dtype, rank, "qnn_softmax_q")
+        one = te_lib.f32_const(1.0)
+
+        def out(i: tuple[Any, ...]) -> Any:
+            si = total[drop(i)]
+            if last:
+                y = te_lib.fence(e[i] * te_lib.fence(one / si))
+            else:
+                y = te_lib.fence(e[i] / si)
+            return qf(y, i)
+
+        return te_lib.elementwise(shape, out, "qnn_softmax")
 
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         cases = (((3, 17), -1), ((2, 5, 4, 8), 1), ((4, 129), 1), ((2, 3, 5), 0),

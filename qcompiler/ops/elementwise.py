@@ -267,6 +267,13 @@ class _QBinary(OpDef):
             yield OpSample(QBinaryAttrs(QParams.per_tensor(so, zo)), (ta, tb), (a, b),
                            f"{dtype}-{'x'.join(map(str, sa))}-{'x'.join(map(str, sb))}"
                            f"-s{base:.3g}")
+        # an absurdly small output scale: PyTorch's vector code overflows int32 and wraps
+        # (see quant_vec / requantize_int); 128 elements, so all on its vector path
+        for dtype, zo in ((u8, 200), (i8, -7)):
+            ta, a = edge_q(rng, (128,), dtype, 3.7, 1)
+            tb, b = edge_q(rng, (128,), dtype, 3.7, 1)
+            yield OpSample(QBinaryAttrs(QParams.per_tensor(1e-9, zo)), (ta, tb), (a, b),
+                           f"{dtype}-128-overflow")
 
     def torch_reference(self, sample: OpSample, sig: Sig) -> np.ndarray:
         from qcompiler.testing.torch_bridge import to_numpy, to_torch
@@ -299,6 +306,10 @@ def _add_lower(sig: Sig, a: Any, b: Any, relu: bool) -> Any:
     shape, dt = sig.out.shape, sig.out.dtype
     inv = te_lib.f32_const(inv_f(oq.scale_value))
 
+    # |da + db| <= 255 * (sa + sb) (8-bit differences); beyond ~2**30 LSB the vector code's
+    # int32 overflow matters and q_vec_torch emulates it
+    bound = 256.0 * (qa.scale_value + qb.scale_value) * float(inv_f(oq.scale_value))
+
     def body(i: tuple[Any, ...]) -> Any:
         da = te_lib.dequantize_fma_value(te_lib.broadcast_load(a, i, shape), qa.scale_value,
                                          qa.zp_value)
@@ -307,7 +318,7 @@ def _add_lower(sig: Sig, a: Any, b: Any, relu: bool) -> Any:
         c = da + db
         if relu:
             c = te.max(c, te_lib.f32_const(0.0))
-        return q_vec_torch(c, inv, oq.zp_value, dt)
+        return q_vec_torch(c, inv, oq.zp_value, dt, bound)
 
     return te_lib.elementwise(shape, body, "qnn_add_relu" if relu else "qnn_add")
 
@@ -325,7 +336,7 @@ def _mul_lower(sig: Sig, a: Any, b: Any, relu: bool) -> Any:
     def body(i: tuple[Any, ...]) -> Any:
         xa = te_lib.broadcast_load(a, i, shape).astype("int32") - te.const(qa.zp_value, "int32")
         xb = te_lib.broadcast_load(b, i, shape).astype("int32") - te.const(qb.zp_value, "int32")
-        out = requantize_torch(xa * xb, float(m), oq.zp_value, dt)
+        out = requantize_torch(xa * xb, float(m), oq.zp_value, dt, acc_bound=255 * 255)
         return te.max(out, te.const(oq.zp_value, dt.storage)) if relu else out
 
     return te_lib.elementwise(shape, body, "qnn_mul_relu" if relu else "qnn_mul")
@@ -527,7 +538,7 @@ class _QAddScalar(_QScalar):
                 out = x[i]
             else:
                 acc = x[i].astype("int32") - te.const(qp.zp_value - cq, "int32")
-                out = requantize_torch(acc, float(m), zp, dt)
+                out = requantize_torch(acc, float(m), zp, dt, acc_bound=255 + abs(cq))
             return te.max(out, te.const(zp, dt.storage)) if self.relu else out
 
         return te_lib.elementwise(sig.out.shape, body, self.name.replace(".", "_"))
@@ -752,7 +763,8 @@ class _QCat(OpDef):
             ds = te_lib.dequantize_value(q, qp.scale_value, qp.zp_value)
             if self.relu:
                 dv, ds = te.max(dv, zero), te.max(ds, zero)
-            vec = q_vec_torch(dv, te_lib.f32_const(inv_d(oq.scale_value)), oq.zp_value, dt)
+            vec = q_vec_torch(dv, te_lib.f32_const(inv_d(oq.scale_value)), oq.zp_value, dt,
+                              256.0 * qp.scale_value * float(inv_d(oq.scale_value)))
             val = te_lib.q_val_value(ds, te_lib.f32_const(inv_f(oq.scale_value)),
                                      te_lib.f32_const(oq.zp_value), dt)
             return tirx.Select(i[1] < t.shape[1] // 8 * 8, vec, val)

@@ -388,7 +388,9 @@ class _AvgPool(OpDef):
             val = te_lib.q_val_value(acc, inv, zp_f, dt)
             if vec_c == 0:
                 return val
-            return tirx.Select(i[1] < vec_c, q_vec_torch(acc, m, qp.zp_value, dt), val)
+            # |acc * m| <= 256 * window size: no int32 overflow in the vector quantize
+            bound = 256.0 * math.prod(w.kernel)
+            return tirx.Select(i[1] < vec_c, q_vec_torch(acc, m, qp.zp_value, dt, bound), val)
 
         return te_lib.elementwise(sig.out.shape, body, self.name.replace(".", "_"))
 

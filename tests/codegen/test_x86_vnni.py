@@ -146,6 +146,11 @@ def make_cases() -> Cases:
     add_conv(cs, rng, "c3x3_s2_odd", c=5, o=24, hw=11, k=3, stride=2, pad=1)
     add_conv(cs, rng, "c1x1_s2", c=24, o=40, hw=14, k=1, stride=2, weight="pt-aff")
     add_conv(cs, rng, "c1x1_s1_fbgemm", c=20, o=16, hw=8, k=1, weight="pc-aff", zx=255)
+    # 1x1 convs: per-row tiles (14 x 14), flat tiles spanning rows (8 x 8 above, 16 x 16 s2),
+    # flat with the channel tiles outside (weights beyond L1: 256 x 256)
+    add_conv(cs, rng, "c1x1_rows", c=24, o=12, hw=14, k=1, weight="pc-aff")
+    add_conv(cs, rng, "c1x1_s2_flat", c=72, o=192, hw=16, k=1, stride=2)
+    add_conv(cs, rng, "c1x1_flat_wide", c=256, o=256, hw=4, k=1, weight="pt-aff")
     add_conv(cs, rng, "stem7x7_s2", c=3, o=16, hw=32, k=7, stride=2, pad=3)
     add_conv(cs, rng, "huge_bias_fbgemm", c=8, o=16, hw=6, k=3, pad=1, weight="pt-aff",
              huge_bias=True)

@@ -22,7 +22,9 @@ from qcompiler.codegen.x86.sched_util import (
     vectorize_inner,
 )
 from qcompiler.codegen.x86.strategies import (
+    ANN_FLAT,
     ANN_INTRIN,
+    ANN_POS_OUTER,
     ANN_TILE_M,
     ANN_TILE_N,
     CONV_ACC,
@@ -54,14 +56,15 @@ class Conv2dInt8X86(ScheduleRule):
     1. inline the NHWC views (accumulator + corrections, residual) into the requantize block;
     2. tile the requantize block's padded grid (NHWC when lanes are channels, NCHW when they
        are positions): OW by `ow_t`, channels by `oc_t` (the strategy padded both to whole
-       tiles), loop order n, oc-tile, oh, ow-tile;
+       tiles), loop order n, oc-tile, oh, ow-tile, or n, oh, ow-tile, oc-tile when all weights
+       fit in L1 (`ANN_POS_OUTER`: the activations of a tile are then reused from L1);
     3. compute the dot's tile at the ow-tile loop, in the order kh, kw, ic-group | oc, ow,
        lane, g: the accumulators of the tile (16 zmm for VNNI) stay in registers for the whole
        reduction, each loaded vector feeds several instructions; the epilogue (requantize,
        the NCHW write-back, the kernel group's later element-wise nodes) runs right after it
        on the same tile, so the int32 tile never goes to memory; requantize is vectorized
        along the lanes;
-    4. one parallel loop over (n, oc-tile, oh);
+    4. one parallel loop over the outer tile loops;
     5. zero-init split out of the reduction, oc/ow unrolled (constant register indices);
     6. the packing stage and the activation sums (weight zero points only) as parallel loops
        before it;
@@ -103,43 +106,58 @@ class Conv2dInt8X86(ScheduleRule):
         req = find_block(sch, CONV_REQUANT)
         assert req is not None
         nchw = intrin.weight_broadcast
+        flat = bool(int(ann.get(ANN_FLAT, 0)))
         if nchw:
             n, oc, oh, ow = sch.get_loops(req)
             oco, oci = sch.split(oc, [None, oc_t])
         else:
             n, oh, ow, oc = sch.get_loops(req)
             oco, oci = sch.split(oc, [None, oc_t * intrin.lanes])
-        owo, owi = sch.split(ow, [None, ow_t])
-        if nchw:
-            sch.reorder(n, oco, oh, owo, oci, owi)
-            vectorize_inner(sch, owi, lanes)
+        # loop order: channel tiles outside (each tile's weights are read once, the
+        # activations once per channel tile), or, when all weights fit in L1, positions
+        # outside (`ANN_POS_OUTER`: an activation tile stays in L1 for every channel tile)
+        pos_outer = bool(int(ann.get(ANN_POS_OUTER, 0)))
+        if flat:  # positions = the fused (oh, ow), tiled by ow_t (which divides OH * OW)
+            owo, owi = sch.split(sch.fuse(oh, ow), [None, ow_t])
+            outer = [n, owo, oco] if pos_outer else [n, oco, owo]
+            par_loops = outer[:2] if pos_outer else outer
         else:
-            sch.reorder(n, oco, oh, owo, owi, oci)
-            vectorize_inner(sch, oci, lanes)
+            owo, owi = sch.split(ow, [None, ow_t])
+            outer = [n, oh, owo, oco] if pos_outer else [n, oco, oh, owo]
+            par_loops = outer[:3]
+        sch.reorder(*outer, *((oci, owi) if nchw else (owi, oci)))
+        tile_loop = outer[-1]
+        vectorize_inner(sch, owi if nchw else oci, lanes)
 
         # --- phase 3: the register tile of the dot, computed per epilogue tile ---
-        sch.compute_at(dot, owo, preserve_unit_loops=True)
-        if nchw:
+        sch.compute_at(dot, tile_loop, preserve_unit_loops=True)
+        if flat:
+            _, ob, ow_l, ic, g = sch.get_loops(dot)[-5:]
+            ow_l, lane = sch.split(ow_l, [None, intrin.lanes])
+            kh = ic
+            sch.reorder(ic, ob, ow_l, lane, g)
+        elif nchw:
             _, ob, _, ow_l, kh, kw, ic, g = sch.get_loops(dot)[-8:]
             ow_l, lane = sch.split(ow_l, [None, intrin.lanes])
+            sch.reorder(kh, kw, ic, ob, ow_l, lane, g)
         else:
             _, ob, _, ow_l, lane, kh, kw, ic, g = sch.get_loops(dot)[-9:]
-        sch.reorder(kh, kw, ic, ob, ow_l, lane, g)
+            sch.reorder(kh, kw, ic, ob, ow_l, lane, g)
         done = {CONV_DOT, CONV_REQUANT}
         last = req
         epilogue: list[str] = []
         out = find_block(sch, CONV_OUT)
         if out is not None:
-            sch.reverse_compute_at(out, owo)
+            sch.reverse_compute_at(out, tile_loop)
             epilogue.append(CONV_OUT)
             last = out
-        epilogue += compute_consumers_at(sch, last, owo)
+        epilogue += compute_consumers_at(sch, last, tile_loop)
         done.update(epilogue)
 
         # --- phase 4: parallel outer loop ---
-        ext = extents(sch, [n, oco, oh])
-        par = sch.fuse(n, oco, oh)
-        if cores > 1 and ext is not None and ext[0] * ext[1] * ext[2] > 1:
+        ext = extents(sch, par_loops)
+        par = sch.fuse(*par_loops)
+        if cores > 1 and ext is not None and math.prod(ext) > 1:
             sch.parallel(par)
 
         # --- phase 5: init, unroll (tensorize comes last: NOTE Schedule.copy, which every
@@ -167,14 +185,16 @@ class Conv2dInt8X86(ScheduleRule):
 
 
 def _schedule_pack(sch: Schedule, block: object, cores: int, lanes: int) -> None:
-    """Activation words [N][ICB][Hp][(S)][Wp]: parallel over (n, icb, h); each row is whole
-    vectors (the strategy rounds Wp up), loaded contiguously from the NCHW input."""
+    """Activation words [N][ICB][Hp][(S)][Wp] (or [N][ICB][OH * OW]): parallel over (n, icb,
+    h); each row is whole vectors (the strategy rounds Wp up), loaded contiguously from the
+    NCHW input."""
     loops = sch.get_loops(block)
     ext = extents(sch, loops)
     if ext is None:
         return
-    par = sch.fuse(*loops[:3])
-    if cores > 1 and ext[0] * ext[1] * ext[2] > 1 and math.prod(ext) > 1024:
+    k = min(3, len(loops) - 1)  # the flat 1x1 packing is [N][ICB][OH * OW]
+    par = sch.fuse(*loops[:k])
+    if cores > 1 and math.prod(ext[:k]) > 1 and math.prod(ext) > 1024:
         sch.parallel(par)
     vectorize_inner(sch, loops[-1], 16)
 

@@ -87,6 +87,12 @@ ANN_INTRIN = "qc.x86_intrin"
 """Name of the intrinsic the layout is for (intrin.DotIntrin.name)."""
 ANN_TILE_M = "qc.x86_tile_m"
 """Register tile along the spatial axis: output columns (conv: OW) or rows (dense: M)."""
+ANN_POS_OUTER = "qc.x86_pos_outer"
+"""1: tile loops over positions outside the channel tiles (all weights fit in L1)."""
+POS_OUTER_MAX_WEIGHT_BYTES = 48 * 1024
+"""Packed weights up to this size stay in L1 (48 KiB on Zen 4/5, Ice Lake and later)."""
+ANN_FLAT = "qc.x86_flat"
+"""1 for a flat 1x1 conv (`ConvPlan.flat`): the dot's positions are OH * OW flattened."""
 ANN_TILE_N = "qc.x86_tile_n"
 """Register tile along the output channels: vectors of L lanes (lanes = channels) or single
 channels (lanes = positions, where the spatial tile is a multiple of L)."""
@@ -112,18 +118,22 @@ def max_accumulators(intrin: DotIntrin) -> int:
 
 
 def choose_tile(n_spatial: int, n_blocks: int, max_acc: int,
-                channel_tiles: Sequence[int] = (1, 2, 3, 4)) -> tuple[int, int, int, int]:
+                channel_tiles: Sequence[int] = (1, 2, 3, 4),
+                exact: bool = False, spatial_step: int = 1) -> tuple[int, int, int, int] | None:
     """(spatial tile, channel-block tile, padded spatial extent, padded channel blocks).
 
     Minimises the padded work (spatial and channel padding both cost multiplies) times a
     penalty for tiles with fewer accumulators than `max_acc` (latency-bound) and for a channel
-    tile of 1 (every broadcast feeds one multiply).
+    tile of 1 (every broadcast feeds one multiply). `exact`: only tiles that divide both
+    extents (None if there is none); `spatial_step`: spatial tiles are multiples of it.
     """
     cands: list[tuple[float, int, int, int]] = []
     for nt in channel_tiles:
-        if nt > n_blocks or nt > max_acc:
+        if nt > n_blocks or nt > max_acc or (exact and n_blocks % nt):
             continue
         for mt in range(1, min(max_acc // nt, max(n_spatial, 1)) + 1):
+            if (exact and n_spatial % mt) or mt % spatial_step:
+                continue
             acc = nt * mt
             sp = math.ceil(n_spatial / mt) * mt
             bp = math.ceil(n_blocks / nt) * nt
@@ -131,6 +141,8 @@ def choose_tile(n_spatial: int, n_blocks: int, max_acc: int,
             if nt == 1 and n_blocks > 1:
                 cost *= 1.1
             cands.append((round(cost, 9), -acc, nt, mt))
+    if not cands:
+        return None
     _, _, nt, mt = min(cands)
     return mt, nt, math.ceil(n_spatial / mt) * mt, math.ceil(n_blocks / nt) * nt
 
@@ -289,7 +301,10 @@ class ConvPlan:
     oc_t: int
     """Output channels per register tile: vectors (nchwc) or single channels (nchw)."""
     owp: int
-    """OW padded to whole tiles."""
+    """OW padded to whole tiles (flat: OH * OW)."""
+    flat: bool = False
+    """nchw 1x1 conv over the flattened positions OH * OW (a multiple of the lanes): no padding,
+    and the requantized tile is contiguous in the NCHW output (no copy stage)."""
 
     @property
     def prestride(self) -> bool:
@@ -323,7 +338,8 @@ class ConvPlan:
 
     @property
     def macs_executed(self) -> int:
-        return self.n * self.ocp * self.oh * self.owp * self.icb * self.kgroup * self.kh * self.kw
+        positions = self.owp if self.flat else self.oh * self.owp
+        return self.n * self.ocp * positions * self.icb * self.kgroup * self.kh * self.kw
 
 
 EPILOGUE_COST = {"nchwc": 170, "nchw": 40}
@@ -346,15 +362,33 @@ def plan_conv(xs: Sequence[int], ws: Sequence[int], stride: Sequence[int],
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     L = intrin.lanes
+    acc = max_accumulators(intrin)
+    flat = False
     if layout == "nchwc":
-        ow_t, oc_t, owp, ocb = choose_tile(ow, math.ceil(o / L), max_accumulators(intrin))
+        tile = choose_tile(ow, math.ceil(o / L), acc)
+        assert tile is not None
+        ow_t, oc_t, owp, ocb = tile
         ocp = ocb * L
     else:
-        tv, oc_t, nvec, ocp = choose_tile(math.ceil(ow / L), o, max_accumulators(intrin),
-                                          channel_tiles=(4, 2, 8, 1, 3, 6))
+        tile = None
+        # flat: tiles of whole vectors AND whole rows (so a tile's (oh, ow) are affine in the
+        # fused loop, which `parallel` requires), dividing OH * OW exactly
+        row_tile = math.lcm(ow, L)
+        if kh == 1 and kw == 1 and (oh * ow) % row_tile == 0:
+            tile = choose_tile(oh * ow // L, o, acc, channel_tiles=NCHW_CHANNEL_TILES,
+                               exact=True, spatial_step=row_tile // L)
+            flat = tile is not None
+        if tile is None:
+            tile = choose_tile(math.ceil(ow / L), o, acc, channel_tiles=NCHW_CHANNEL_TILES)
+        assert tile is not None
+        tv, oc_t, nvec, ocp = tile
         ow_t, owp = tv * L, nvec * L
     return ConvPlan(layout, n, c, h, w, o, kh, kw, (sh, sw), (ph, pw), (dh, dw), oh, ow, L,
-                    intrin.kgroup, math.ceil(c / intrin.kgroup), ocp, ow_t, oc_t, owp)
+                    intrin.kgroup, math.ceil(c / intrin.kgroup), ocp, ow_t, oc_t, owp, flat)
+
+
+NCHW_CHANNEL_TILES = (4, 2, 8, 1, 3, 6)
+"""Output channels per register tile of the nchw layout, in order of preference on ties."""
 
 
 UNALIGNED_COST = 1.2
@@ -466,7 +500,11 @@ def conv2d_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetP
             vals.append(v)
         return _pack_word(vals, intrin)
 
-    if plan.layout == "nchw":
+    if plan.flat:  # [N][ICp/G][OH * OW]
+        xp = te.compute((N, plan.icb, plan.owp),
+                        lambda nn, cb, p: pack_value(nn, cb, p // plan.ow, p % plan.ow),
+                        name=CONV_PACK)
+    elif plan.layout == "nchw":
         xp = te.compute((N, plan.icb, hp, S, wq_),
                         lambda nn, cb, hh, s, q: pack_value(nn, cb, hh, q * S + s),
                         name=CONV_PACK)
@@ -476,6 +514,8 @@ def conv2d_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetP
     dsh, dsw = plan.dot_stride
 
     def x_tap(nn: Any, ic: Any, hh: Any, ww: Any, kh: Any, kw: Any, g: Any) -> Any:
+        if plan.flat:  # ww is the flat position; hh, kh, kw are 0
+            return _x_step(xp[nn, ic, ww], g, intrin)
         row = hh * dsh + kh * dh
         if plan.layout == "nchw":
             col = kw * dw  # position ww*dsw + col = (ww + col // S) * S + col % S
@@ -488,8 +528,18 @@ def conv2d_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetP
     ric = te.reduce_axis((0, plan.icb), name="ric")
     rg = te.reduce_axis((0, G), name="rg")
     axes = [rkh, rkw, ric, rg]
-    ann = {ANN_INTRIN: intrin.name, ANN_TILE_M: plan.ow_t, ANN_TILE_N: plan.oc_t}
-    if plan.layout == "nchw":  # [N][OCp][OH][OWp]
+    w_bytes = plan.ocp * plan.icb * G * plan.kh * plan.kw * (2 if intrin.w_dtype == "int16" else 1)
+    ann = {ANN_INTRIN: intrin.name, ANN_TILE_M: plan.ow_t, ANN_TILE_N: plan.oc_t,
+           ANN_FLAT: int(plan.flat), ANN_POS_OUTER: int(w_bytes <= POS_OUTER_MAX_WEIGHT_BYTES)}
+    if plan.flat:  # [N][OCp][OH * OW], no kh / kw axes
+        axes = [ric, rg]
+
+        def dot_flat(nn: Any, o: Any, p: Any) -> Any:
+            xv = x_tap(nn, ric, 0, p, 0, 0, rg)
+            return te.sum(xv * w_packed[o, ric, 0, 0, rg].astype("int32"), axis=axes)
+
+        dot = te.compute((N, plan.ocp, plan.owp), dot_flat, name=CONV_DOT, attrs=ann)
+    elif plan.layout == "nchw":  # [N][OCp][OH][OWp]
         def dot_body(nn: Any, o: Any, hh: Any, ww: Any) -> Any:
             xv = x_tap(nn, ric, hh, ww, rkh, rkw, rg)
             return te.sum(xv * w_packed[o, ric, rkh, rkw, rg].astype("int32"), axis=axes)
@@ -506,7 +556,13 @@ def conv2d_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetP
 
     # --- xsum: sum of the taps' activations (for the weight zero points) ---
     xsum = None
-    if np.any(zw_v):
+    if np.any(zw_v) and plan.flat:
+        sic = te.reduce_axis((0, plan.icb), name="sic")
+        sg = te.reduce_axis((0, G), name="sg")
+        xsum = te.compute((N, plan.owp),
+                          lambda nn, p: te.sum(x_tap(nn, sic, 0, p, 0, 0, sg), axis=[sic, sg]),
+                          name=CONV_XSUM)
+    elif np.any(zw_v):
         skh = te.reduce_axis((0, plan.kh), name="skh")
         skw = te.reduce_axis((0, plan.kw), name="skw")
         sic = te.reduce_axis((0, plan.icb), name="sic")
@@ -521,31 +577,37 @@ def conv2d_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetP
     zw = _int_vector(_pad_to(zw_v, ocp), "x86_conv_w_zero_point")
 
     def dot_at(nn: Any, o: Any, hh: Any, ww: Any) -> Any:
+        if plan.flat:
+            return dot[nn, o, hh * plan.ow + ww]
         if plan.layout == "nchw":
             return dot[nn, o, hh, ww]
         return dot[nn, o // L, hh, ww, o % L]
+
+    def xsum_at(nn: Any, hh: Any, ww: Any) -> Any:
+        assert xsum is not None
+        return xsum[nn, hh * plan.ow + ww] if plan.flat else xsum[nn, hh, ww]
 
     def acc_value(nn: Any, o: Any, hh: Any, ww: Any) -> Any:
         # NOTE: xsum is read first, so that its stage comes before the dot's in the function
         if xsum is None:
             return dot_at(nn, o, hh, ww) + corr(o)
-        return corr(o) - zw(o) * xsum[nn, hh, ww] + dot_at(nn, o, hh, ww)
+        return corr(o) - zw(o) * xsum_at(nn, hh, ww) + dot_at(nn, o, hh, ww)
 
     def residual(nn: Any, o: Any, hh: Any, ww: Any) -> Any:
         # clamped into the real grid only where the grid is padded (a clamp makes the
         # vectorized load a gather)
         oo = te.min(o, plan.o - 1) if ocp > plan.o else o
-        wo = te.min(ww, plan.ow - 1) if plan.owp > plan.ow else ww
+        wo = te.min(ww, plan.ow - 1) if not plan.flat and plan.owp > plan.ow else ww
         return other[nn, oo, hh, wo]
 
     # --- epilogue on the padded grid (whole register tiles): NCHW, or NHWC for nchwc ---
     cbias = _clamped(bias, ocp, "x86_conv_bias")
     if plan.layout == "nchw":
-        grid = (N, ocp, plan.oh, plan.owp)
+        grid = (N, ocp, plan.oh, plan.ow if plan.flat else plan.owp)
         acc = te.compute(grid, acc_value, name=CONV_ACC)
         res = None if other is None else te.compute(grid, residual, name=CONV_RESIDUAL)
         req = _requantize(op, sig, acc, cbias, res, 1, CONV_REQUANT)
-        if ocp == plan.o and plan.owp == plan.ow:
+        if ocp == plan.o and (plan.flat or plan.owp == plan.ow):
             return req
         return te.compute((N, plan.o, plan.oh, plan.ow),
                           lambda nn, o, hh, ww: req[nn, o, hh, ww], name=CONV_OUT)
@@ -697,7 +759,9 @@ def dense_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetPr
 
 
 __all__ = [
+    "ANN_FLAT",
     "ANN_INTRIN",
+    "ANN_POS_OUTER",
     "ANN_TILE_M",
     "ANN_TILE_N",
     "X86_FAMILIES",
