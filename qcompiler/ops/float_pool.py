@@ -106,6 +106,32 @@ class FMaxPool2d(OpDef):
             res = np.maximum(res, win)  # NaN propagates
         return res.astype(np.float32)
 
+    def lower(self, sig: Sig, x: Any) -> Any:
+        """One reduction over the (dilated) window: acc starts at -inf, each step
+        acc = acc if (isnan(acc) or acc >= v) else v (numpy's scalar np.maximum, so NaN
+        propagates); cells outside the input read -inf, as the reference's padding."""
+        from qcompiler.lowering import te_lib
+        from qcompiler.lowering.tvm_compat import te, tirx
+        from qcompiler.ops.float_ops import _nan_extreme_reducer
+
+        ty = sig.in_types[0]
+        k, st, p, d, _ = _window(self.name, sig.attrs, ty)
+        h, w = ty.shape[-2:]
+        lead = ty.rank - 2
+        kh = te.reduce_axis((0, k[0]), name="kh")
+        kw = te.reduce_axis((0, k[1]), name="kw")
+        red = _nan_extreme_reducer("max", "float32")
+        neg_inf = te_lib.f32_const(-np.inf)
+
+        def body(i: tuple[Any, ...]) -> Any:
+            r = i[lead] * st[0] - p[0] + kh * d[0]
+            c = i[lead + 1] * st[1] - p[1] + kw * d[1]
+            inside = tirx.And(tirx.And(r >= 0, r < h), tirx.And(c >= 0, c < w))
+            v = tirx.if_then_else(inside, x[tuple(i[:lead]) + (r, c)], neg_inf)
+            return red(v, axis=[kh, kw])
+
+        return te_lib.elementwise(sig.out.shape, body, "f_max_pool2d")
+
     def samples(self, rng: np.random.Generator) -> Iterator[OpSample]:
         cases = (((1, 3, 9, 9), (3, 3), (2, 2), (1, 1), (1, 1), False),
                  ((2, 4, 7, 10), (2, 3), (), (1, 0), (1, 1), True),
