@@ -51,7 +51,6 @@ its weights must be symmetric (all zero points 0).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -63,6 +62,7 @@ from qcompiler.ir.registry import OpDef, OpSample, Sig, register_op
 from qcompiler.ir.types import DType, QParams, TensorType, f32, i8, u8
 from qcompiler.reference import requant as rq
 from qcompiler.testing import samples as S
+from qcompiler.testing.torch_bridge import quantized_engine
 
 F32 = np.float32
 
@@ -70,7 +70,7 @@ ONEDNN_MAX_GROUPS = 100
 """PyTorch's x86 engine sends convs with more groups to fbgemm (should_use_onednn_quant)."""
 
 
-def _int_tuple(v: Any) -> Any:
+def int_tuple(v: Any) -> Any:
     """Normalize an int or a list of ints to a tuple (other values are left for infer_type)."""
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         return (int(v),)
@@ -97,7 +97,7 @@ class ConvAttrs:
 
     def __post_init__(self) -> None:
         for name in ("stride", "padding", "dilation"):
-            object.__setattr__(self, name, _int_tuple(getattr(self, name)))
+            object.__setattr__(self, name, int_tuple(getattr(self, name)))
 
 
 # --- shared numerics (also what lower() must reproduce) ----------------------------------------
@@ -573,7 +573,7 @@ class _QConv(OpDef):
         run = getattr(ops, f"conv{d}d{suffix}")
         oq = attrs.out_qparams
         engine = "onednn" if self.fused_add else "x86"
-        with _quantized_engine(engine):
+        with quantized_engine(engine):
             packed = prepack(qw, tb, list(expand_spatial(attrs.stride, d)),
                              list(expand_spatial(attrs.padding, d)),
                              list(expand_spatial(attrs.dilation, d)), attrs.groups)
@@ -583,18 +583,6 @@ class _QConv(OpDef):
             else:
                 y = run(qx, packed, oq.scale_value, oq.zp_value)
         return to_numpy(y)
-
-
-@contextlib.contextmanager
-def _quantized_engine(engine: str) -> Iterator[None]:
-    import torch
-
-    old = torch.backends.quantized.engine
-    torch.backends.quantized.engine = engine
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = old
 
 
 # --- the registered names ----------------------------------------------------------------------

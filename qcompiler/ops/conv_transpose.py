@@ -40,7 +40,6 @@ output_padding must be smaller than stride or dilation in each dim, as in torch.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -50,19 +49,12 @@ import numpy as np
 from qcompiler.errors import TypeInferenceError
 from qcompiler.ir.registry import OpDef, OpSample, Sig, register_op
 from qcompiler.ir.types import DType, QParams, TensorType, f32, i8, u8
+from qcompiler.ops.conv import int_tuple
 from qcompiler.reference import requant as rq
 from qcompiler.testing import samples as S
+from qcompiler.testing.torch_bridge import quantized_engine
 
 F32 = np.float32
-
-
-def _int_tuple(v: Any) -> Any:
-    """Normalize an int or a list of ints to a tuple (other values are left for infer_type)."""
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        return (int(v),)
-    if isinstance(v, list):
-        return tuple(v)
-    return v
 
 
 @dataclass(frozen=True)
@@ -83,7 +75,7 @@ class ConvTransposeAttrs:
 
     def __post_init__(self) -> None:
         for name in ("stride", "padding", "output_padding", "dilation"):
-            object.__setattr__(self, name, _int_tuple(getattr(self, name)))
+            object.__setattr__(self, name, int_tuple(getattr(self, name)))
 
 
 def expand_spatial(values: Sequence[int], ndim: int) -> tuple[int, ...]:
@@ -140,18 +132,6 @@ def conv_transpose_accumulate(x: np.ndarray, x_zp: int, w: np.ndarray, w_zp: int
     crop = tuple(slice(padding[i], padding[i] + out_sp[i]) for i in range(d))
     acc = full[(slice(None), slice(None), slice(None)) + crop]
     return rq.wrap_int32(acc.reshape((n, groups * og) + out_sp).astype(np.int64))
-
-
-@contextlib.contextmanager
-def _quantized_engine(engine: str) -> Iterator[None]:
-    import torch
-
-    old = torch.backends.quantized.engine
-    torch.backends.quantized.engine = engine
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = old
 
 
 _SPATIAL_NAMES = {1: "L", 2: "H, W", 3: "D, H, W"}
@@ -402,7 +382,7 @@ class _QConvTranspose(OpDef):
         tb = None if bias is None else torch.from_numpy(bias.copy())
         ops = torch.ops.quantized
         oq = attrs.out_qparams
-        with _quantized_engine("fbgemm"):
+        with quantized_engine("fbgemm"):
             packed = getattr(ops, f"conv_transpose{d}d_prepack")(
                 qw, tb, list(expand_spatial(attrs.stride, d)),
                 list(expand_spatial(attrs.padding, d)),

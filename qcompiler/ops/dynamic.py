@@ -65,32 +65,13 @@ import numpy as np
 from qcompiler.errors import InterpretError, TypeInferenceError
 from qcompiler.ir.registry import OpDef, OpSample, Sig, register_op
 from qcompiler.ir.types import QParams, TensorType, f16, f32, i8
+from qcompiler.reference.quant_math import fma_f32
 from qcompiler.testing import samples as S
 
 F32 = np.float32
 F64 = np.float64
 
 # --- float32 arithmetic helpers (exact emulations) -------------------------------------------
-
-
-def fma_f32(a: Any, b: Any, c: Any) -> np.ndarray:
-    """Exact float32 fused multiply-add round(a*b + c), element-wise with broadcasting.
-
-    a*b of two float32 values is exact in float64; the sum is formed in float64 with
-    round-to-odd (TwoSum error term), which makes the final rounding to float32 correct.
-    """
-    a64 = np.asarray(a, dtype=F32).astype(F64)
-    b64 = np.asarray(b, dtype=F32).astype(F64)
-    c64 = np.asarray(c, dtype=F32).astype(F64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        p = a64 * b64
-        s = p + c64
-        bb = s - p
-        err = (p - (s - bb)) + (c64 - bb)
-        even = (np.asarray(s).view(np.int64) & 1) == 0
-        fix = (err != 0) & even & np.isfinite(s)
-        s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
-        return np.asarray(s.astype(F32))
 
 
 _SLEEF_R_LN2F = F32(1.442695040888963407359924681001892137426645954152985934135449406931)

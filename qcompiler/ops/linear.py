@@ -37,7 +37,6 @@ to float32 instead. Documented bound: 1 LSB (measured: 1 of 82k outputs off by o
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from qcompiler.reference import quant_math as qm
 from qcompiler.reference import requant as rq
 from qcompiler.reference.onednn_eltwise import onednn_linear_requantize
 from qcompiler.testing import samples as S
+from qcompiler.testing.torch_bridge import quantized_engine
 
 F32 = np.float32
 
@@ -125,19 +125,6 @@ def _check_out(op: str, out_qparams: Any, out_dtype: Any, expected: DType, why: 
     if not expected.qmin <= oq.zp_value <= expected.qmax:
         raise _err(op, f"output zero point {oq.zp_value} is outside the {expected} range"
                        f" {expected.qmin}..{expected.qmax}")
-
-
-@contextlib.contextmanager
-def quantized_engine(engine: str) -> Iterator[None]:
-    """Switch torch.backends.quantized.engine for a block; restore it afterwards."""
-    import torch
-
-    old = torch.backends.quantized.engine
-    torch.backends.quantized.engine = engine
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = old
 
 
 # --- linear --------------------------------------------------------------------------------------

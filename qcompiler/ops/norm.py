@@ -34,6 +34,7 @@ from qcompiler.errors import TypeInferenceError
 from qcompiler.ir.registry import OpDef, OpSample, Sig, register_op
 from qcompiler.ir.types import DType, QParams, TensorType, f32, i8, u8
 from qcompiler.reference import quant_math as qm
+from qcompiler.reference.quant_math import fma_f32 as fma_f32_exact
 from qcompiler.testing import samples as S
 
 F32 = np.float32
@@ -95,32 +96,6 @@ def torch_quiet() -> Any:
 
 
 # --- shared arithmetic ---------------------------------------------------------------------------
-
-
-def fma_f32_exact(a: Any, b: Any, c: Any) -> np.ndarray:
-    """float32 a*b + c with a single rounding, exactly as a hardware FMA (broadcasting).
-
-    The product of two float32 values is exact in float64; the sum p + c is formed in float64
-    with its rounding error recovered exactly (TwoSum). Rounding the float64 sum to float32 can
-    only go wrong when that sum is exactly halfway between two float32 values while the true
-    sum is not (double rounding); then the error term decides the direction.
-    """
-    a64 = np.asarray(a, F32).astype(F64)
-    b64 = np.asarray(b, F32).astype(F64)
-    c64 = np.asarray(c, F32).astype(F64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        p = a64 * b64
-        s = p + c64
-        bp = s - p
-        err = (p - (s - bp)) + (c64 - bp)
-        r = s.astype(F32)
-        back = r.astype(F64)
-        up = s > back
-        toward = np.where(up, F32(np.inf), F32(-np.inf)).astype(F32)
-        nb = np.nextafter(r, toward)
-        mid = (back + nb.astype(F64)) * 0.5
-        fix = (s == mid) & (s != back) & (err != 0) & np.isfinite(s) & ((err > 0) == up)
-    return np.where(fix, nb, r).astype(F32)
 
 
 def int_moments(qg: np.ndarray, zx: int, x_scale: float, eps: float,

@@ -11,6 +11,8 @@ rounding mode; integer results saturate to the storage range of the output dtype
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from qcompiler.ir.types import DType, QParams, TensorType
@@ -28,15 +30,25 @@ def f32_inverse(scale: float) -> np.float32:
     return F32(1.0) / F32(scale)
 
 
-def fma_f32(a: np.ndarray, b: np.float32, c: float) -> np.ndarray:
-    """float32 fused multiply-add a*b + c with one rounding (emulated in extended precision).
+def fma_f32(a: Any, b: Any, c: Any) -> np.ndarray:
+    """float32 fused multiply-add round(a*b + c) with one rounding, exact for all inputs
+    (element-wise, broadcasting); the one emulation of a hardware FMA in the references.
 
-    a*b of two float32 values is exact in the 64-bit long double mantissa; adding c and
-    rounding to float32 then matches a hardware FMA except in double-rounding corner cases
-    far below one LSB of any quantized output.
+    a*b of two float32 values is exact in float64; the float64 sum is made round-to-odd with
+    TwoSum's error term, after which rounding to float32 is correct (53 >= 24 + 2 bits).
     """
-    ld = np.longdouble
-    return (np.asarray(a, dtype=F32).astype(ld) * ld(b) + ld(c)).astype(F32)
+    a64 = np.asarray(a, F32).astype(np.float64)
+    b64 = np.asarray(b, F32).astype(np.float64)
+    c64 = np.asarray(c, F32).astype(np.float64)
+    with np.errstate(all="ignore"):
+        p = a64 * b64
+        s = np.asarray(p + c64)
+        bp = s - p
+        err = (p - (s - bp)) + (c64 - bp)
+        even = (s.view(np.int64) & 1) == 0
+        fix = np.isfinite(s) & np.isfinite(err) & (err != 0) & even
+        s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+        return np.asarray(s.astype(F32))
 
 
 def q_fbgemm(x: np.ndarray, scale: float, zero_point: int, dtype: DType) -> np.ndarray:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from qcompiler.ir.types import DType, u8
+from qcompiler.reference.quant_math import fma_f32 as fma_f32_exact
 
 F32 = np.float32
 INT32_MIN = -(2**31)
@@ -40,33 +41,6 @@ def wrap_int32(acc: np.ndarray) -> np.ndarray:
     """Wrap integer values to int32 modulo 2**32 (two's complement), as int32 accumulators do."""
     a = np.asarray(acc).astype(np.int64, copy=False)
     return ((a + 2**31) % 2**32 - 2**31).astype(np.int32)
-
-
-def fma_f32_exact(a: np.ndarray, b: np.ndarray | np.float32, c: np.ndarray) -> np.ndarray:
-    """Correctly rounded float32 fused multiply-add RN32(a*b + c) for float32 a, b, c.
-
-    a*b is exact in float64 (24+24 bits); p + c rounded to float64 and then to float32 can
-    double-round only when the float64 sum lands exactly on a float32 midpoint. TwoSum gives the
-    exact error of the float64 addition; when it is non-zero at a midpoint, the correct float32
-    neighbour is the one on the error's side. (Stricter than `quant_math.fma_f32`, which uses
-    an 80-bit long double and can, very rarely, double-round.)
-    """
-    a64 = np.asarray(a, dtype=F32).astype(np.float64)
-    b64 = np.asarray(b, dtype=F32).astype(np.float64)
-    c64 = np.asarray(c, dtype=F32).astype(np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        p = a64 * b64
-        s = p + c64
-        bp = s - p
-        err = (p - (s - bp)) + (c64 - bp)
-        lo = s.astype(F32)
-        lo64 = lo.astype(np.float64)
-        toward = np.where(s > lo64, F32(np.inf), F32(-np.inf)).astype(F32)
-        other = np.nextafter(lo, toward)
-        other64 = other.astype(np.float64)
-        mid = (lo64 + other64) / 2
-        fix = (lo64 != s) & (s == mid) & (err != 0) & (np.sign(err) == np.sign(other64 - lo64))
-    return np.where(fix, other, lo).astype(F32)
 
 
 def onednn_scale(scale: float) -> np.float32:

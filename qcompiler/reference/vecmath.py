@@ -26,28 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from qcompiler.reference.quant_math import fma_f32 as fma32
+
 F32 = np.float32
 F64 = np.float64
-
-
-def fma32(a: np.ndarray | float, b: np.ndarray | float, c: np.ndarray | float) -> np.ndarray:
-    """float32 fma(a, b, c) with one rounding, exact for all finite inputs.
-
-    a*b of two float32 values is exact in float64; the float64 sum is made round-to-odd with
-    TwoSum's error term, after which rounding to float32 is correct (53 >= 24 + 2 bits).
-    """
-    a64 = np.asarray(a, F32).astype(F64)
-    b64 = np.asarray(b, F32).astype(F64)
-    c64 = np.asarray(c, F32).astype(F64)
-    with np.errstate(all="ignore"):
-        p = a64 * b64
-        s = p + c64
-        bp = s - p
-        err = (p - (s - bp)) + (c64 - bp)
-        even = (s.view(np.int64) & 1) == 0
-        fix = np.isfinite(s) & np.isfinite(err) & (err != 0) & even
-        s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
-        return np.asarray(s.astype(F32))
 
 
 class NumpyF32:

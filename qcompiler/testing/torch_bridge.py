@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -39,3 +41,16 @@ def to_numpy(t: Any) -> np.ndarray:
 
 def qparams_of(t: Any) -> tuple[float, int]:
     return float(t.q_scale()), int(t.q_zero_point())
+
+
+@contextlib.contextmanager
+def quantized_engine(engine: str) -> Iterator[None]:
+    """Switch torch.backends.quantized.engine for a block; restore it afterwards."""
+    import torch
+
+    old = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = old

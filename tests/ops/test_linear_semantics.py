@@ -109,7 +109,7 @@ def test_x86_engine_conv_transpose_dispatch_as_documented():
     oneDNN transposed conv mis-reads weights when C_in/groups != C_out/groups. If this fails,
     PyTorch changed: revisit ops/conv_transpose.py's doc and torch_reference engine choice."""
     torch = pytest.importorskip("torch")
-    from qcompiler.ops.linear import quantized_engine
+    from qcompiler.testing.torch_bridge import quantized_engine
 
     xq = torch._make_per_tensor_quantized_tensor(
         torch.tensor([[[0], [1], [0]]], dtype=torch.uint8), 1.0, 0)
