@@ -15,11 +15,12 @@ integer ops is the fuse-qdq pass's job (passes/fuse_qdq.py), not the importer's.
 Numerics of the mapping (PyTorch 2.13):
 - `dequantize_per_tensor` is `(q.to(f32) - zp) * f32(scale)`, and `dequantize_per_channel`
   rounds `(q - zp) * scale` once to f32: both are exactly the IR `dequantize`.
-- `quantize_per_tensor` is `clamp(round(x * f32(1.0 / scale)) + zp)`, while the IR `quantize`
-  is torch.quantize_per_tensor's `rint(fma(x, 1f / scale, zp))`: the two agree except when
-  x / scale lies within a float32 rounding error of a .5 tie, where they may differ by 1 LSB
-  (measured rate in tests/frontends/test_pt2e.py). Quantizing a *constant* is evaluated with
-  PyTorch's own op at import time, so quantized constants are exact.
+- `quantize_per_tensor` is `clamp(round(x * f32(1.0 / scale)) + zp)` (NaN -> 0), which is not
+  torch.quantize_per_tensor's `rint(fma(x, 1f / scale, zp))` near .5 ties: it becomes the IR
+  `quantize` with `rounding="decomposed"` (exactly that formula, for u8/i8). When fuse-qdq
+  turns a `dequantize -> op -> quantize` into an integer op, the op rounds as PyTorch's
+  quantized kernel does (the documented 1 LSB bound of that pass). Quantizing a *constant* is
+  evaluated with PyTorch's own op at import time, so quantized constants are exact.
 - A quant_min/quant_max narrower than the dtype's range (reduce_range) becomes a quantize
   followed by `qnn.clamp` at the real values of those bounds.
 """
@@ -212,10 +213,11 @@ def _register_all() -> None:
         if is_tensor(x):  # a constant: evaluate with PyTorch's own op, exactly
             t = qd.quantize_per_tensor.default(x.detach().float(), s, z, lo, hi, dtype)
             return quantized_const(ctx, t, d, qp, ctx.node.name)
+        attrs = QuantizeAttrs(d, qp, "decomposed" if d.bits == 8 else "fbgemm")
         if (lo, hi) == (d.qmin, d.qmax):
-            return ctx.op("quantize", [ctx.value(x)], QuantizeAttrs(d, qp))
+            return ctx.op("quantize", [ctx.value(x)], attrs)
         # the full-range quantize gets a derived name; the clamp is what PyTorch's node computes
-        q = ctx.b.op("quantize", [ctx.value(x)], QuantizeAttrs(d, qp), loc=ctx.loc,
+        q = ctx.b.op("quantize", [ctx.value(x)], attrs, loc=ctx.loc,
                      name=f"{ctx.node.name}_full_range")
         return narrow_range(ctx, q, lo, hi)
 

@@ -88,8 +88,11 @@ def format_attr_value(v: Any) -> str:
 def format_attrs(attrs: Any) -> str:
     if attrs is None or not dataclasses.is_dataclass(attrs):
         return ""
+    # a field declared with metadata {"omit_default": True} is printed only when it differs
+    # from its default (attributes added later keep the text of existing graphs unchanged)
     items = [f"{f.name}={format_attr_value(getattr(attrs, f.name))}"
-             for f in dataclasses.fields(attrs)]
+             for f in dataclasses.fields(attrs)
+             if not (f.metadata.get("omit_default") and getattr(attrs, f.name) == f.default)]
     return "{" + ", ".join(items) + "}" if items else ""
 
 

@@ -262,20 +262,33 @@ def _axis_of(qp: QParams, rank: int, what: str) -> int:
     return qp.axis
 
 
+def q_decomposed_value(x: PrimExpr, scale: float, zero_point: int, dtype: DType) -> PrimExpr:
+    """quant_math.quantize_decomposed: clamp(rint(f32(x * f32(1.0 / scale))) + f32(zp)) in
+    float32, NaN -> 0."""
+    t = fence(x * f32_const(float(np.float32(1.0 / float(scale)))))
+    v = fence(round_half_even(t) + f32_const(float(zero_point)))
+    return saturate(_nan_to(v, 0.0), dtype)
+
+
 def quantize_fn(
     qp: QParams,
     dtype: DType,
     rank: int,
     name: str = "q",
+    rounding: str = "fbgemm",
 ) -> Callable[[PrimExpr, Index], PrimExpr]:
     """(x_f32, index) -> quantized value: quant_math.quantize for per-tensor or per-axis `qp`.
 
     Per tensor: q_fbgemm for u8/i8, q_val for i32 (torch.quantize_per_tensor). Per axis: q_val
     with per-channel float32 inverse scales and zero points, which become constant tensors
-    (created once, here).
+    (created once, here). `rounding="decomposed"`: PT2E's formula (per tensor, u8/i8).
     """
     if qp.scheme == "float_qparams":
         raise LoweringError(f"{name}: float_qparams quantization is not supported here")
+    if rounding == "decomposed":
+        if qp.axis is not None or dtype.bits == 32:
+            raise LoweringError(f"{name}: decomposed rounding is per-tensor u8/i8 only")
+        return lambda x, idx: q_decomposed_value(x, qp.scale_value, qp.zp_value, dtype)
     if qp.axis is None:
         inv = qm.f32_inverse(qp.scale_value)
         zp = qp.zp_value
@@ -290,11 +303,12 @@ def quantize_fn(
     return lambda x, idx: q_val_value(x, inv_t[idx[axis]], zp_t[idx[axis]], dtype)
 
 
-def quantize(x: Tensor, qp: QParams, dtype: DType, name: str = "quantize") -> Tensor:
+def quantize(x: Tensor, qp: QParams, dtype: DType, name: str = "quantize",
+             rounding: str = "fbgemm") -> Tensor:
     """quant_math.quantize: float32 tensor -> `dtype` storage with qparams `qp`."""
     if x.dtype != "float32":
         raise LoweringError(f"{name}: quantize takes a float32 tensor, got {x.dtype}")
-    fn = quantize_fn(qp, dtype, len(x.shape), name)
+    fn = quantize_fn(qp, dtype, len(x.shape), name, rounding)
     return te.compute(x.shape, lambda *i: fn(x[i], i), name=name)
 
 
@@ -360,12 +374,13 @@ def dequantize(q: Tensor, qp: QParams, name: str = "dequantize") -> Tensor:
 
 
 def requantize(
-    q: Tensor, in_qp: QParams, out_qp: QParams, dtype: DType, name: str = "requantize"
+    q: Tensor, in_qp: QParams, out_qp: QParams, dtype: DType, name: str = "requantize",
+    rounding: str = "fbgemm",
 ) -> Tensor:
     """quantize(dequantize(q, in_qp), out_qp): both float32 steps in one element-wise pass."""
     rank = len(q.shape)
     dq = dequantize_fn(in_qp, rank, f"{name}_in")
-    qf = quantize_fn(out_qp, dtype, rank, f"{name}_out")
+    qf = quantize_fn(out_qp, dtype, rank, f"{name}_out", rounding)
     return te.compute(q.shape, lambda *i: qf(dq(q[i], i), i), name=name)
 
 

@@ -108,10 +108,30 @@ def quantize_per_channel(x: np.ndarray, scales: np.ndarray, zero_points: np.ndar
     return q_val(x, inv, zp, dtype)
 
 
-def quantize(x: np.ndarray, ty: TensorType) -> np.ndarray:
-    """Quantize float values to `ty` (per-tensor or per-axis qparams)."""
+def quantize_decomposed(x: np.ndarray, scale: float, zero_point: int, dtype: DType) -> np.ndarray:
+    """PT2E's quantized_decomposed.quantize_per_tensor (u8/i8):
+    clamp(rint(f32(x * f32(1.0 / scale))) + f32(zp), qmin, qmax) in float32; NaN -> 0.
+
+    The inverse is the double quotient rounded once to float32 (fbgemm's is 1f / f32(scale)),
+    and the zero point is added after the rounding: both can move a value near a .5 tie by
+    one LSB against `quantize_per_tensor`.
+    """
+    inv = F32(1.0 / float(scale))
+    with np.errstate(invalid="ignore", over="ignore"):
+        t = (np.asarray(x, dtype=F32) * inv).astype(F32)
+        v = (np.rint(t) + F32(zero_point)).astype(F32)
+        v = np.clip(v, F32(dtype.qmin), F32(dtype.qmax))
+    return np.where(np.isnan(v), F32(0), v).astype(dtype.np)
+
+
+def quantize(x: np.ndarray, ty: TensorType, rounding: str = "fbgemm") -> np.ndarray:
+    """Quantize float values to `ty` (per-tensor or per-axis qparams); `rounding` "decomposed"
+    is PT2E's formula (`quantize_decomposed`, per tensor)."""
     qp = ty.qparams
     assert qp is not None
+    if rounding == "decomposed":
+        assert qp.axis is None
+        return quantize_decomposed(x, qp.scale_value, qp.zp_value, ty.dtype)
     if qp.axis is None:
         return quantize_per_tensor(x, qp.scale_value, qp.zp_value, ty.dtype)
     return quantize_per_channel(x, qp.scales_array(), qp.zero_points_array(), qp.axis, ty.dtype)

@@ -170,7 +170,10 @@ def test_every_rule_is_exact_on_the_producers_samples(op: str, act: str) -> None
     if act == "hardtanh-neg":
         pass                       # fires only where Q(-0.5) rounds to the zero point
     elif op != "qnn.cat":          # cat's channels-last samples are not fused
-        assert fused == len(_samples(op, limit=200_000)), "an exact fusion did not fire"
+        # add's "-overflow" samples (|sum / out_scale| beyond 2**31): where its guard refuses
+        fusable = [s for s in _samples(op, limit=200_000)
+                   if not (op == "qnn.add" and s.label.endswith("-overflow"))]
+        assert fused == len(fusable), "an exact fusion did not fire"
     else:
         assert fused > 0
 
