@@ -43,7 +43,10 @@ from qcompiler.target import SCHEDULE_FAMILIES, TargetPreset
 Strategy = Callable[[OpDef, Sig, Sequence[Tensor], TargetPreset], Any]
 """(op, sig, TE inputs, target) -> TE tensor (tuple for multi-output ops) or None."""
 
-STRATEGY_MODULES: list[str] = ["qcompiler.codegen.x86.strategies"]
+STRATEGY_MODULES: list[str] = [
+    "qcompiler.codegen.x86.strategies",
+    "qcompiler.codegen.x86.depthwise_int8",
+]
 """Modules that register strategies when imported."""
 
 _STRATEGIES: dict[tuple[str, str], list[Strategy]] = {}

@@ -157,7 +157,7 @@ def make_cases() -> Cases:
     add_conv(cs, rng, "huge_bias_onednn", c=8, o=16, hw=6, k=1, huge_bias=True)
     add_conv(cs, rng, "add_relu", c=16, o=24, hw=7, k=3, pad=1, op="qnn.conv2d_add_relu")
     add_conv(cs, rng, "depthwise", c=16, o=16, hw=9, k=3, pad=1, groups=16,
-             rule="generic_reduction")
+             rule="depthwise_int8_x86")
     add_linear(cs, rng, "fc_b1_fbgemm", lead=(1,), k=100, n=40, weight="pt-aff",
                huge_bias=True)
     add_linear(cs, rng, "fc_b128_relu", lead=(128,), k=64, n=48, op="qnn.linear_relu")
@@ -253,7 +253,8 @@ def test_vnni_rules_and_strategies_apply() -> None:
         kf = kfs[name]
         assert kf.rule == rule, f"{name}: scheduled by {kf.rule}, expected {rule}"
         if rule != "generic_reduction":
-            assert kf.strategy in ("conv2d_packed", "dense_packed"), (name, kf.strategy)
+            assert kf.strategy in ("conv2d_packed", "dense_packed", "depthwise_packed"), \
+                (name, kf.strategy)
 
 
 @needs_vnni
