@@ -17,7 +17,8 @@ activations >= 128. The timed and checked input of depthwise cases is therefore 
 a second, full-range input (`x_full`) is only run once per engine to *report* the trap.
 
 Zoo cases are the models of qcompiler/testing/zoo.py quantized with its flows (eager for the conv
-nets, dynamic for bert_like and lstm) at the zoo's own input shapes (batch 1).
+nets, dynamic for bert_like and lstm) at the zoo's own input shapes (batch 1): the test zoo's
+small ones (64x64 images) and ImageNet-size ResNet-18 / MobileNetV2 (zoo.BENCH_ZOO, 224x224).
 
 This module imports numpy and qcompiler's IR only; torch is imported by the zoo helpers.
 """
@@ -104,7 +105,7 @@ class ZooCase:
 
     name: str
     model: str
-    """Key in zoo.ZOO."""
+    """Key in zoo.ZOO or zoo.BENCH_ZOO."""
     flow: str
     """'eager' (static, conv nets) or 'dynamic' (bert_like, lstm)."""
     kind: str = "model"
@@ -154,6 +155,10 @@ ZOO_CASES: tuple[ZooCase, ...] = (
     ZooCase("zoo_bert_like", "bert_like", "dynamic",
             description="zoo 2-layer BERT-like encoder, dim 64, 12 tokens"),
     ZooCase("zoo_lstm", "lstm", "dynamic", description="zoo 2-layer LSTM 16->32, 24 steps"),
+    ZooCase("zoo_resnet18_224", "resnet18_224", "eager",
+            description="ResNet-18 at ImageNet size (224x224, 1000 classes)"),
+    ZooCase("zoo_mobilenet_v2_224", "mobilenet_v2_224", "eager",
+            description="MobileNetV2 at ImageNet size (224x224, width 1.0, 1000 classes)"),
 )
 
 _CASE_LIST: list[Case] = [*LAYER_CASES, *ZOO_CASES]
@@ -291,13 +296,13 @@ def build_graph(data: LayerData) -> Any:
 def zoo_inputs(case: ZooCase) -> tuple[Any, ...]:
     from qcompiler.testing import zoo
 
-    return tuple(zoo.ZOO[case.model].inputs())
+    return tuple(zoo.entry(case.model).inputs())
 
 
 def zoo_float_model(case: ZooCase) -> Any:
     from qcompiler.testing import zoo
 
-    return zoo.ZOO[case.model].build()
+    return zoo.entry(case.model).build()
 
 
 def zoo_quantized(case: ZooCase, engine: str = "x86") -> tuple[Any, tuple[Any, ...]]:

@@ -150,6 +150,10 @@ class MaxPoolAttrs:
     ceil_mode: bool = False
 
 
+_UNROLLED_TAPS = 64
+"""Max pools with undilated windows of at most this many taps lower to an element-wise max."""
+
+
 class _MaxPool(OpDef):
     Attrs = MaxPoolAttrs
     num_inputs = 1
@@ -183,6 +187,13 @@ class _MaxPool(OpDef):
 
         ty = sig.in_types[0]
         w, _ = _window(self.name, sig.attrs, ty, self.spatial, dilation=True)
+        # every window must hold an input element: the first starts at -p, the last at
+        # (out - 1) * s - p (PyTorch's shapes guarantee both; checked, not assumed)
+        if (all(d == 1 for d in w.dilation) and math.prod(w.kernel) <= _UNROLLED_TAPS
+                and all(w.padding[d] <= w.kernel[d] - 1
+                        and (sig.out.shape[2 + d] - 1) * w.stride[d] - w.padding[d]
+                        <= ty.shape[2 + d] - 1 for d in range(self.spatial))):
+            return self._lower_unrolled(sig, x, w)
         ks = [te.reduce_axis((0, k), name=f"k{d}") for d, k in enumerate(w.kernel)]
         low = te.const(sig.out.dtype.qmin, sig.out.dtype.storage)
 
@@ -194,6 +205,32 @@ class _MaxPool(OpDef):
                 inside = tirx.And(inside, tirx.And(idx[d] >= 0, idx[d] < ty.shape[2 + d]))
             v = tirx.if_then_else(inside, x[(i[0], i[1]) + tuple(idx)], low)
             return te.max(v, axis=ks)
+
+        return te_lib.elementwise(sig.out.shape, body, self.name.replace(".", "_"))
+
+    def _lower_unrolled(self, sig: Sig, x: Any, w: Any) -> Any:
+        """Undilated windows: an element-wise max over the taps (vectorized along the last
+        axis by the generic rules; a reduction loop would stay scalar), each tap reading the
+        input at its index clamped into range. Exact: with dilation 1 a window has at least one
+        tap inside (checked by the caller), and a clamped tap reads the nearest inside tap,
+        which is in the window; max is idempotent."""
+        from qcompiler.lowering import te_lib
+        from qcompiler.lowering.tvm_compat import te
+
+        ty = sig.in_types[0]
+        taps = list(itertools.product(*[range(k) for k in w.kernel]))
+
+        def clamp(v: Any, n: int) -> Any:
+            return te.min(te.max(v, 0), n - 1)
+
+        def body(i: tuple[Any, ...]) -> Any:
+            acc = None
+            for t in taps:
+                idx = tuple(clamp(i[2 + d] * w.stride[d] - w.padding[d] + t[d], ty.shape[2 + d])
+                            for d in range(self.spatial))
+                v = x[(i[0], i[1]) + idx]
+                acc = v if acc is None else te.max(acc, v)
+            return acc
 
         return te_lib.elementwise(sig.out.shape, body, self.name.replace(".", "_"))
 

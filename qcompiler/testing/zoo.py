@@ -343,11 +343,29 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
 ]}
 
 
+BENCH_ZOO: dict[str, ZooEntry] = {e.name: e for e in [
+    ZooEntry("resnet18_224", _seeded(lambda: ResNet18(num_classes=1000), 0),
+             _x(1, 3, 224, 224), ("eager",), notes="ImageNet size; benchmarks only"),
+    ZooEntry("mobilenet_v2_224", _seeded(lambda: MobileNetV2(num_classes=1000), 1),
+             _x(1, 3, 224, 224), ("eager",), notes="ImageNet size, width 1.0; benchmarks only"),
+]}
+"""Full-size variants for the benchmarks (too slow for the test suite, which iterates ZOO)."""
+
+
+def entry(name: str) -> ZooEntry:
+    """A model of ZOO or BENCH_ZOO by name."""
+    if name in ZOO:
+        return ZOO[name]
+    if name in BENCH_ZOO:
+        return BENCH_ZOO[name]
+    raise KeyError(f"unknown zoo model {name!r}; known: {', '.join([*ZOO, *BENCH_ZOO])}")
+
+
 @functools.lru_cache(maxsize=None)
 def quantized(name: str, flow: str) -> tuple[nn.Module, tuple[Any, ...]]:
-    """The zoo model `name` quantized with `flow`, and its example inputs (cached: callers
-    must not modify the model)."""
-    e = ZOO[name]
+    """The zoo model `name` (ZOO or BENCH_ZOO) quantized with `flow`, and its example inputs
+    (cached: callers must not modify the model)."""
+    e = entry(name)
     model, inputs = e.build(), e.inputs()
     if flow == "eager":
         return quantize_eager(model, inputs), inputs
@@ -365,4 +383,4 @@ def quantized(name: str, flow: str) -> tuple[nn.Module, tuple[Any, ...]]:
     raise ValueError(f"unknown flow {flow!r}")
 
 
-__all__ = ["ZOO", "ZooEntry", "nnq", "quantized"]
+__all__ = ["BENCH_ZOO", "ZOO", "ZooEntry", "entry", "nnq", "quantized"]
