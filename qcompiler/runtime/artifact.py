@@ -79,14 +79,16 @@ def write_artifact(
     """Write `path/model.so` and `path/manifest.json` (last, so a half-written dir never loads)."""
     if path.exists() and not path.is_dir():
         raise ArtifactError(f"cannot export to {path}: it exists and is not a directory")
+    if isinstance(executable, tvm.runtime.Executable):
+        if cc is None and target is not None:
+            cc = _CROSS_CC.get((host_arch(), target.arch))
+        _check_linker(cc, target)
     path.mkdir(parents=True, exist_ok=True)
     lib = path / mf.LIBRARY_FILE
     # export_library picks the output kind from the suffix, so the temporary name ends in .so
     tmp_lib = path / f".{mf.LIBRARY_FILE}.partial.so"
     try:
         if isinstance(executable, tvm.runtime.Executable):
-            if cc is None and target is not None:
-                cc = _CROSS_CC.get((host_arch(), target.arch))
             kwargs: dict[str, Any] = {} if cc is None else {"cc": cc}
             with quiet_tvm_scope_warnings():
                 executable.export_library(str(tmp_lib), **kwargs)
@@ -112,6 +114,20 @@ def write_artifact(
     tmp_manifest.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp_manifest, path / mf.MANIFEST_FILE)
     return path
+
+
+def _check_linker(cc: str | None, target: TargetPreset | None) -> None:
+    """A clear error instead of TVM's bare FileNotFoundError when the linker is not installed."""
+    if cc is None or shutil.which(cc) is not None:
+        return
+    what = f"the {target.arch} library" if target is not None else "the library"
+    hint = (
+        " (apt-get install g++-aarch64-linux-gnu)" if cc == _CROSS_CC[("x86_64", "aarch64")] else ""
+    )
+    raise ArtifactError(
+        f"cannot export: linking {what} needs the C++ compiler {cc!r}, which is not on PATH"
+        f"{hint}; install it or pass export(path, cc=...)"
+    )
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
