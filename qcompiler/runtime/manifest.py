@@ -18,7 +18,8 @@ An artifact is a directory holding `model.so` (the Relax VM executable, `export_
           "qparams": {"scheme": "affine", "scale": [0.0186], "zero_point": [114], "axis": null},
           "torch_input": "quantized"}
 
-`dtype` is the numpy storage dtype the compiled function takes or returns. `qdtype`/`qparams`
+`dtype` is the numpy storage dtype the compiled function takes or returns (exactly what the C++
+runner `qcompiler-run`, cpp/, reads from and writes to .npy files). `qdtype`/`qparams`
 say how to rebuild a torch quantized tensor from the storage. `torch_input` records what the
 source model took: `"float"` (it quantized inside, QuantStub; the compiled input is then float32),
 `"quantized"`, or null (outputs, or unknown).
