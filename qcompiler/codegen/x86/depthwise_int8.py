@@ -74,6 +74,7 @@ from qcompiler.lowering import te_lib
 from qcompiler.lowering.strategy import register_strategy
 from qcompiler.lowering.tvm_compat import (
     PrimFunc,
+    loop_extent,
     Schedule,
     T,
     TensorIntrin,
@@ -101,6 +102,8 @@ ANN_KERNEL = "qc.x86_dw_kernel"
 ANN_PHASES = "qc.x86_dw_phases"
 ANN_ROWS = "qc.x86_dw_rows"
 """Output rows per register tile."""
+ANN_VALID = "qc.x86_dw_valid"
+"""Lanes per phase vector that are output columns (`DwPlan.valid`)."""
 
 MAX_GROUP_CHANNELS = 8
 """Input channels per group up to which grouped convs use this kernel."""
@@ -205,31 +208,34 @@ for _k, _impl in _DOT_IMPLS.items():
     TensorIntrin.register(_k.name, _dot_desc(_k), _impl, override=True)
 
 
-def _interleave_impl(phases: int, lanes: int) -> Any:
-    P, L = phases, lanes
+def _interleave_impl(phases: int, valid: int, lanes: int) -> Any:
+    """The P rows of `lanes` u8 zero-extended to P-byte words, shifted by 8*r, or-ed; the first
+    P*valid bytes stored (a shuffle that LLVM drops when valid == lanes)."""
+    P, V, L = phases, valid, lanes
     wv, yv, ov = f"uint{8 * P}x{L}", f"uint8x{L}", f"uint8x{L * P}"
+    keep = list(range(P * V))
     if P == 2:
         @T.prim_func(s_tir=True)
-        def impl2(y: T.Buffer((P, L), "uint8", offset_factor=1),
-                  out: T.Buffer((L * P,), "uint8", offset_factor=1)) -> None:
+        def impl2(y: T.Buffer((P, V), "uint8", strides=(L, 1), offset_factor=1),
+                  out: T.Buffer((V * P,), "uint8", offset_factor=1)) -> None:
             with T.sblock("root"):
-                T.reads(y[0:P, 0:L])
-                T.writes(out[0:L * P])
-                out[T.ramp(T.int32(0), 1, L * P)] = T.reinterpret(
+                T.reads(y[0:P, 0:V])
+                T.writes(out[0:V * P])
+                out[T.ramp(T.int32(0), 1, V * P)] = T.Shuffle([T.reinterpret(
                     T.bitwise_or(
                         T.Cast(wv, y.vload([0, 0], dtype=yv)),
                         T.shift_left(T.Cast(wv, y.vload([1, 0], dtype=yv)),
                                      T.broadcast(T.uint16(8), L))),
-                    dtype=ov)
+                    dtype=ov)], keep)
         return impl2
 
     @T.prim_func(s_tir=True)
-    def impl4(y: T.Buffer((P, L), "uint8", offset_factor=1),
-              out: T.Buffer((L * P,), "uint8", offset_factor=1)) -> None:
+    def impl4(y: T.Buffer((P, V), "uint8", strides=(L, 1), offset_factor=1),
+              out: T.Buffer((V * P,), "uint8", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(y[0:P, 0:L])
-            T.writes(out[0:L * P])
-            out[T.ramp(T.int32(0), 1, L * P)] = T.reinterpret(
+            T.reads(y[0:P, 0:V])
+            T.writes(out[0:V * P])
+            out[T.ramp(T.int32(0), 1, V * P)] = T.Shuffle([T.reinterpret(
                 T.bitwise_or(
                     T.bitwise_or(
                         T.Cast(wv, y.vload([0, 0], dtype=yv)),
@@ -240,40 +246,40 @@ def _interleave_impl(phases: int, lanes: int) -> Any:
                                      T.broadcast(T.uint32(16), L)),
                         T.shift_left(T.Cast(wv, y.vload([3, 0], dtype=yv)),
                                      T.broadcast(T.uint32(24), L)))),
-                dtype=ov)
+                dtype=ov)], keep)
     return impl4
 
 
-def _interleave_desc(phases: int, lanes: int) -> Any:
-    P, L = phases, lanes
+def _interleave_desc(phases: int, valid: int, lanes: int) -> Any:
+    P, V, L = phases, valid, lanes
 
     @T.prim_func(s_tir=True)
-    def desc(y: T.Buffer((P, L), "uint8", offset_factor=1),
-             out: T.Buffer((L * P,), "uint8", offset_factor=1)) -> None:
+    def desc(y: T.Buffer((P, V), "uint8", strides=(L, 1), offset_factor=1),
+             out: T.Buffer((V * P,), "uint8", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(y[0:P, 0:L])
-            T.writes(out[0:L * P])
-            for j in T.serial(L * P):
+            T.reads(y[0:P, 0:V])
+            T.writes(out[0:V * P])
+            for j in T.serial(V * P):
                 with T.sblock("store"):
-                    vj = T.axis.spatial(L * P, j)
+                    vj = T.axis.spatial(V * P, j)
                     out[vj] = y[vj % P, vj // P]
 
     return desc
 
 
-INTERLEAVE_SHAPES = ((4, 16), (2, 16), (2, 8))
-"""(phases, lanes) of the interleaving stores: VNNI stride 1 / 2, pmaddwd stride 1."""
+_INTERLEAVES: set[str] = set()
 
 
-def interleave_name(phases: int, lanes: int) -> str:
-    """The interleaving store out[P*i + r] = y[r, i] (u8, i < lanes): the P vectors
-    zero-extended to P-byte words, shifted by 8*r, or-ed, and stored as P*lanes bytes."""
-    return f"qc_x86_dw_interleave_{phases}x{lanes}"
-
-
-for _p, _l in INTERLEAVE_SHAPES:
-    TensorIntrin.register(interleave_name(_p, _l), _interleave_desc(_p, _l),
-                          _interleave_impl(_p, _l), override=True)
+def interleave_intrin(phases: int, valid: int, lanes: int) -> str:
+    """The interleaving store out[P*i + r] = y[r, i] (u8, i < valid; rows of y `lanes` apart),
+    registered on first use: P vector loads, zero-extensions, shifts and ors, one store of
+    P*valid bytes."""
+    name = f"qc_x86_dw_interleave_{phases}x{valid}_{lanes}"
+    if name not in _INTERLEAVES:
+        TensorIntrin.register(name, _interleave_desc(phases, valid, lanes),
+                              _interleave_impl(phases, valid, lanes), override=True)
+        _INTERLEAVES.add(name)
+    return name
 
 
 # --- the strategy --------------------------------------------------------------------------------
@@ -304,15 +310,23 @@ class DwPlan:
     phases: int
     rows: int
     """Output rows per register tile (divides OH)."""
+    vecs: int
+    """Vectors of L lanes per phase and row in a tile."""
+    valid: int
+    """Lanes per phase that are output columns (<= vecs * L): a tile is P * valid columns."""
 
     @property
     def kwg(self) -> int:
         return math.ceil(self.kw / self.kgroup)
 
     @property
+    def tile_lanes(self) -> int:
+        """Lanes per phase and row of a tile (computed; `valid` of them are stored)."""
+        return self.vecs * self.lanes
+
+    @property
     def tile_w(self) -> int:
-        """Output columns per tile: lanes x phases."""
-        return self.lanes * self.phases
+        return self.valid * self.phases
 
     @property
     def tiles(self) -> int:
@@ -330,7 +344,10 @@ class DwPlan:
     def padded_hw(self) -> tuple[int, int]:
         """(Hp, Wq) of the padded input plane (Wq rounded up to 16 elements)."""
         hp = (self.oh - 1) * self.stride[0] + (self.kh - 1) * self.dil_h + 1
-        wq = (self.owp - 1) * self.stride[1] + self.kgroup * self.kwg
+        # the last tile's last lane reads G * KWG elements from column
+        # G * ((T - 1) * valid + tile_lanes - 1) + S * (P - 1)
+        last = (self.tiles - 1) * self.valid + self.tile_lanes - 1
+        wq = self.kgroup * (last + self.kwg) + self.stride[1] * (self.phases - 1)
         return hp, -(-wq // 16) * 16
 
 
@@ -347,9 +364,22 @@ def kernel_for(target: TargetPreset, w_shifted: np.ndarray) -> DwKernel | None:
     return None
 
 
-def choose_rows(oh: int, phases: int) -> int:
-    """Output rows per tile: the largest divisor of OH with rows * phases <= MAX_ACCUMULATORS."""
-    return max(r for r in range(1, oh + 1) if oh % r == 0 and r * phases <= MAX_ACCUMULATORS)
+def choose_rows(oh: int, accs: int) -> int:
+    """Output rows per tile: the largest divisor of OH with rows * accs <= MAX_ACCUMULATORS
+    (accs = accumulator vectors per row)."""
+    return max(r for r in range(1, oh + 1) if oh % r == 0 and r * accs <= MAX_ACCUMULATORS)
+
+
+def choose_tile_lanes(ow: int, phases: int, lanes: int) -> tuple[int, int]:
+    """(vecs, valid): one tile spans the whole row when OW is a multiple of P and needs at most
+    MAX_ACCUMULATORS / P vectors per phase (OW = 56: 4 phases x 14 of 16 lanes, or 2 phases x
+    28 of 32); else tiles of P * L columns (OW padded to whole tiles, the output copied out)."""
+    if ow % phases == 0:
+        v = ow // phases
+        vecs = math.ceil(v / lanes)
+        if vecs * phases <= MAX_ACCUMULATORS:
+            return vecs, v
+    return 1, lanes
 
 
 def plan_dw(xs: Sequence[int], ws: Sequence[int], groups: int, stride: Sequence[int],
@@ -367,8 +397,9 @@ def plan_dw(xs: Sequence[int], ws: Sequence[int], groups: int, stride: Sequence[
     if oh < 1 or ow < 1:
         return None
     phases = G // sw
+    vecs, valid = choose_tile_lanes(ow, phases, kern.lanes)
     return DwPlan(n, c, h, w, o, cg, o // groups, kh, kw, (sh, sw), (ph, pw), dh, oh, ow,
-                  kern.lanes, G, phases, choose_rows(oh, phases))
+                  kern.lanes, G, phases, choose_rows(oh, phases * vecs), vecs, valid)
 
 
 def pack_dw_weight(w_shifted: np.ndarray, plan: DwPlan, dtype: str) -> np.ndarray:
@@ -384,10 +415,10 @@ def depthwise_packed(op: OpDef, sig: Sig, inputs: Sequence[Any], target: TargetP
     """Grouped conv2d (groups > 1, Cg <= MAX_GROUP_CHANNELS) with a constant weight: taps in
     the dot product's reduction, output positions in lanes (module doc).
 
-    Stages: `pad` (x -> the zx-bordered plane xpad), `dot` [N][O][OH][T][P][L] (the
-    tensorizable reduction), `acc` (view: dot + corr), `requant` (te_lib epilogue on the
-    grid), `interleave` ([N][O][OH][OWp]: phases back to consecutive columns), `out` (the
-    node's output, when OW is not a whole number of tiles).
+    Stages: `pad` (x -> the zx-bordered plane xpad), `dot` [N][O][OH][T][P][LT] (the
+    tensorizable reduction), `acc` (view: dot + corrections), `requant` (te_lib epilogue on
+    the grid), `interleave` ([N][O][OH][OWp]: phases back to consecutive
+    columns), `out` (the node's output, when OW is not a whole number of tiles).
     """
     from qcompiler.ops.conv import expand_spatial
 
@@ -413,10 +444,11 @@ def depthwise_packed(op: OpDef, sig: Sig, inputs: Sequence[Any], target: TargetP
     if plan is None or plan.taps * 255 * 256 > 2**31 - 1:
         return None
     zx = int(xq.zp_value)
-    corr_v = -zx * w_shifted.reshape(o, -1).sum(axis=1)
+    corr_t = te_lib.constant((-zx * w_shifted.reshape(o, -1).sum(axis=1)).astype(np.int32),
+                             "x86_dw_corr")
 
     N, C, H, W = plan.n, plan.c, plan.h, plan.w
-    L, G, P = plan.lanes, plan.kgroup, plan.phases
+    G, P, V, LT = plan.kgroup, plan.phases, plan.valid, plan.tile_lanes
     sh, sw = plan.stride
     ph, pw = plan.pad
     hp, wq_ = plan.padded_hw
@@ -437,26 +469,28 @@ def depthwise_packed(op: OpDef, sig: Sig, inputs: Sequence[Any], target: TargetP
 
     def dot_body(nn: Any, oc: Any, hh: Any, t: Any, r: Any, i: Any) -> Any:
         ci = oc // og * cgn + rcg if cgn > 1 or og > 1 else oc
-        col = t * (L * G) + i * G + r * sw + rkg * G + rk
+        col = (t * V + i) * G + r * sw + rkg * G + rk
         xv = xpad[nn, ci, hh * sh + rkh * plan.dil_h, col].astype("int32")
         return te.sum(xv * wp[oc, rcg, rkh, rkg, rk].astype("int32"),
                       axis=[rcg, rkh, rkg, rk])
 
-    ann = {ANN_KERNEL: kern.name, ANN_PHASES: P, ANN_ROWS: plan.rows}
-    dot = te.compute((N, o, plan.oh, plan.tiles, P, L), dot_body, name=DW_DOT, attrs=ann)
-    corr_t = te_lib.constant(corr_v.astype(np.int32), "x86_dw_corr")
-    acc = te.compute(dot.shape, lambda nn, oc, hh, t, r, i: dot[nn, oc, hh, t, r, i]
-                     + corr_t[oc], name=DW_ACC)
+    ann = {ANN_KERNEL: kern.name, ANN_PHASES: P, ANN_ROWS: plan.rows, ANN_VALID: V}
+    dot = te.compute((N, o, plan.oh, plan.tiles, P, LT), dot_body, name=DW_DOT, attrs=ann)
+    # NOTE: te.sum's `init` (the corrections as the accumulator's start) is dropped by
+    # create_prim_func (the init block stores 0), hence the view
+    acc = te.compute(dot.shape,
+                     lambda nn, oc, hh, t, r, i: dot[nn, oc, hh, t, r, i] + corr_t[oc],
+                     name=DW_ACC)
     req = _requantize(op, sig, acc, bias, None, 1, DW_REQUANT)
-    owp = plan.owp
+    owp, tw = plan.owp, plan.tile_w
     if P == 1:
         inter = te.compute((N, o, plan.oh, owp),
-                           lambda nn, oc, hh, ww: req[nn, oc, hh, ww // L, 0, ww % L],
+                           lambda nn, oc, hh, ww: req[nn, oc, hh, ww // tw, 0, ww % tw],
                            name=DW_INTERLEAVE)
     else:
         inter = te.compute(
             (N, o, plan.oh, owp),
-            lambda nn, oc, hh, ww: req[nn, oc, hh, ww // (L * P), ww % P, ww % (L * P) // P],
+            lambda nn, oc, hh, ww: req[nn, oc, hh, ww // tw, ww % P, ww % tw // P],
             name=DW_INTERLEAVE)
     if owp == plan.ow:
         return inter
@@ -483,13 +517,14 @@ class DepthwiseInt8X86(ScheduleRule):
     """The depthwise / grouped conv of `depthwise_packed`, tensorized. Strategy:
 
     1. inline the accumulator view (dot + corrections) into the requantize block;
-    2. tile the requantize grid [N][O][OH][T][P][L]: rows by `rows`, loop order n, o,
-       row-tile, t | row, phase, lane; the lanes vectorized;
-    3. compute the dot's tile at t, reduction (cg, kh, kg) outside the unrolled rows x phases
-       accumulators (register tile), (lane, k) tensorized: one load + one `vpdpbusd` (or
-       `vpmaddwd` + add) per accumulator and kernel-row tap group;
-    4. the interleaving store right after the requantize, on the same tile (tensorized: shifts,
-       ors, one store of P*L bytes), the copy to the node's output (when OW is not whole tiles)
+    2. tile the dot [N][O][OH][T][P][LT]: rows by `rows`, lanes by vectors of L; loop order
+       n, o, row-tile, t | cg, kh, kg | row, phase, vector, (lane, k): the reduction outside
+       the unrolled rows x phases x vectors accumulators (the register tile), (lane, k)
+       tensorized: one load + one `vpdpbusd` (or `vpmaddwd` + add) per accumulator and
+       kernel-row tap group;
+    3. the requantize at t, on the tile, vectorized along the lanes;
+    4. the interleaving store right after it, on the same tile (tensorized: shifts, ors, one
+       store of P*valid bytes), the copy to the node's output (when OW is not whole tiles)
        and the group's later element-wise nodes at the row tile;
     5. the padded input plane computed per output channel (it stays in L1), vectorized;
     6. one parallel loop over (n, o).
@@ -508,25 +543,29 @@ class DepthwiseInt8X86(ScheduleRule):
         kern = kernel_by_name(str(ann[ANN_KERNEL]))
         if kern is None or not target.has(kern.feature):
             return None
-        P, rows = int(ann[ANN_PHASES]), int(ann[ANN_ROWS])
+        P, rows, valid = int(ann[ANN_PHASES]), int(ann[ANN_ROWS]), int(ann[ANN_VALID])
         L = kern.lanes
         vec = 16 if target.has("avx512f") else 8
         cores = target.num_cores
 
-        # --- phases 1, 2: the requantize grid's tile ---
+        # --- phases 1, 2: the dot's register tile drives the loops ---
+        # NOTE: driven from the dot (the epilogue is computed at its tile loop): the
+        # interleave reads `valid` of the tile's lanes, so region inference from its side would
+        # shrink the tile below whole vectors
         acc = find_block(sch, DW_ACC)
         if acc is not None:
             sch.compute_inline(acc)
         req = find_block(sch, DW_REQUANT)
         assert req is not None
-        n, oc, oh, t, r, i = sch.get_loops(req)
-        oho, ohi = sch.split(oh, [None, rows])
-        sch.reorder(n, oc, oho, t, ohi, r, i)
+        n, oc, oh, t, d_r, d_lanes, cg, kh, kg, k = sch.get_loops(dot)
+        lt = loop_extent(sch, d_lanes)
+        assert lt is not None and lt % L == 0
+        d_v, d_i = sch.split(d_lanes, [None, L])
+        oho, d_ohi = sch.split(oh, [None, rows])
+        sch.reorder(n, oc, oho, t, cg, kh, kg, d_ohi, d_r, d_v, d_i, k)
 
-        # --- phase 3: the register tile of the dot ---
-        sch.compute_at(dot, t, preserve_unit_loops=True)
-        _, _, d_ohi, d_t, d_r, d_i, cg, kh, kg, k = sch.get_loops(dot)[-10:]
-        sch.reorder(cg, kh, kg, d_ohi, d_t, d_r, d_i, k)
+        # --- phase 3: the requantize on the tile ---
+        sch.reverse_compute_at(req, t, preserve_unit_loops=True)
 
         # --- phase 4: interleave, output copy, epilogue nodes ---
         inter = find_block(sch, DW_INTERLEAVE)
@@ -558,6 +597,7 @@ class DepthwiseInt8X86(ScheduleRule):
         attempt(sch, lambda s: s.vectorize(s.get_loops(init)[-1]))
         sch.unroll(d_ohi)
         sch.unroll(d_r)
+        sch.unroll(d_v)
         if pad is not None:
             vectorize_inner(sch, sch.get_loops(pad)[-1], 64)
         vectorize_inner(sch, sch.get_loops(req)[-1], vec)
@@ -566,7 +606,7 @@ class DepthwiseInt8X86(ScheduleRule):
         vectorize_blocks(sch, epilogue, 64)
         sch.tensorize(d_i, kern.name)
         if i_loop is not None:
-            sch.tensorize(i_loop, interleave_name(P, L))
+            sch.tensorize(i_loop, interleave_intrin(P, valid, lt))
         return sch
 
 
@@ -579,7 +619,7 @@ __all__ = [
     "DwKernel",
     "DwPlan",
     "depthwise_packed",
-    "interleave_name",
+    "interleave_intrin",
     "kernel_for",
     "pack_dw_weight",
     "plan_dw",
