@@ -1,4 +1,4 @@
-"""The `qcompiler` command: compile | run | bench | inspect.
+"""The `qcompiler` command: compile | run | bench | inspect | tune.
 
     qcompiler compile mypkg.models:build -o model.qc --target host
     qcompiler compile model.pt2 --example-input x.npy -o model.qc
@@ -6,8 +6,10 @@
     qcompiler run model.qc --input x.npy --output-dir out/
     qcompiler bench model.qc --runs 100 --threads 2
     qcompiler inspect model.qc            # or an entry point / .pt2 / .qir.json: shows the IR
+    qcompiler tune mypkg.models:build --target x86-avx512-vnni --trials 64 --out records/
+    qcompiler compile mypkg.models:build -o model.qc --tuning-records records/
 
-Model sources for `compile` and `inspect`: a `module:function` entry point returning
+Model sources for `compile`, `inspect` and `tune`: a `module:function` entry point returning
 `(model, example_inputs)`; a saved `torch.export` program (`.pt2`, with `--example-input`
 .npy files); or serialized qcompiler IR (`.qir.json`, from `qcompiler.ir.serialize.save`).
 """
@@ -103,7 +105,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     _progress(f"loading {args.source}", args.quiet)
     model, inputs = load_source(args.source, args.example_input)
     _progress(f"compiling for target {args.target} (opt_level={args.opt_level})", args.quiet)
-    cm = qc_compile(model, inputs or None, target=args.target, opt_level=args.opt_level)
+    cm = qc_compile(model, inputs or None, target=args.target, opt_level=args.opt_level,
+                    tuning_records=False if args.no_tuning_records else args.tuning_records)
+    tuned = sum(1 for k in cm.kernels if k.get("schedule") == "tuned")
+    if tuned:
+        _progress(f"{tuned} of {len(cm.kernels)} kernels use tuned schedules", args.quiet)
     out = cm.export(args.output)
     _progress(f"wrote {out} in {time.perf_counter() - t0:.1f}s", args.quiet)
     return 0
@@ -179,6 +185,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from qcompiler.tuning.search import tune
+
+    t0 = time.perf_counter()
+    _progress(f"loading {args.source}", args.quiet)
+    model, inputs = load_source(args.source, args.example_input)
+    report = tune(
+        model, inputs or None, target=args.target, trials=args.trials, out=args.out,
+        only=args.only, all_kernels=args.all_kernels, num_threads=args.threads or None,
+        seed=args.seed, min_speedup=args.min_speedup, model_name=args.source,
+        progress=lambda msg: _progress(msg, args.quiet),
+    )
+    print(report.table())
+    _progress(f"done in {time.perf_counter() - t0:.1f}s", args.quiet)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qcompiler", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -191,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--opt-level", type=int, default=2, choices=[0, 1, 2, 3])
     c.add_argument("--example-input", action="append", default=[],
                    help=".npy example input (for .pt2 sources; repeat per input)")
+    c.add_argument("--tuning-records", default=None, metavar="DIR",
+                   help="records from `qcompiler tune --out DIR` (default: the shipped "
+                   "schedules/<target>/ when there is one)")
+    c.add_argument("--no-tuning-records", action="store_true",
+                   help="ignore every tuning record, shipped ones included")
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(fn=cmd_compile)
 
@@ -219,6 +247,37 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--input", action="append", default=[])
     i.add_argument("--profile", action="store_true", help="also run and show per-kernel times")
     i.set_defaults(fn=cmd_inspect)
+
+    t = sub.add_parser(
+        "tune", help="search faster schedules for a model's kernels (meta_schedule)",
+        description="Tune the kernels of a model with TVM meta_schedule and write the verified "
+        "winners to OUT/<target>/ (a meta_schedule JSON database + qcompiler-records.json). "
+        "Each kernel is timed as the schedule rules build it, TRIALS candidates are measured, "
+        "and the fastest ones must equal the untuned kernel bit for bit on random and extreme "
+        "inputs; a candidate is recorded only when it is also faster. Kernels with float "
+        "reductions and opaque kernels are never tuned. `qcompiler compile --tuning-records "
+        "OUT` applies the records. See docs/tuning.md.")
+    t.add_argument("source", help="module:function, model.pt2 or graph.qir.json")
+    t.add_argument("--target", default="host", help="target preset (default: host); tuning "
+                   "runs the kernels, so this machine must be able to run its code")
+    t.add_argument("--trials", type=int, default=32, help="candidates measured per kernel "
+                   "(default 32)")
+    t.add_argument("--out", required=True, metavar="DIR", help="records root: writes "
+                   "DIR/<target>/ (adds to existing records)")
+    t.add_argument("--only", metavar="GLOB", help="tune only kernels whose name matches, e.g. "
+                   "'qnn_conv_transpose2d*' (names as in the tune report)")
+    t.add_argument("--all-kernels", action="store_true", help="also tune hand-scheduled and "
+                   "element-wise kernels (default: reduction kernels the generic rules schedule)")
+    t.add_argument("--min-speedup", type=float, default=1.0, help="record a candidate only if "
+                   "it is this many times faster than the rules' schedule (default 1.0; 0 keeps "
+                   "any verified candidate)")
+    t.add_argument("--threads", type=int, default=0, help="threads to measure with (default: "
+                   "every CPU this process may use)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--example-input", action="append", default=[],
+                   help=".npy example input (for .pt2 sources; repeat per input)")
+    t.add_argument("-q", "--quiet", action="store_true")
+    t.set_defaults(fn=cmd_tune)
     return p
 
 

@@ -54,6 +54,7 @@ def compile(
     target: str | TargetPreset = "host",
     opt_level: int = 2,
     num_threads: int | None = None,
+    tuning_records: str | os.PathLike[str] | bool | None = None,
 ) -> CompiledModule:
     """Compile a qcompiler `Graph`, or a PyTorch-quantized model, for `target`.
 
@@ -66,9 +67,18 @@ def compile(
     (1: dce, cse, constant folding; 2: + activation fusion and fused kernel groups).
     `num_threads` caps TVM's (process-wide) thread pool and is the core count the schedules
     plan for; default: every CPU this process may use.
+    `tuning_records` (opt_level >= 2): a directory written by `qcompiler tune` (docs/tuning.md);
+    a kernel with a record there, else in the shipped `schedules/<target>/`, gets its tuned
+    schedule instead of the rules' (manifest `kernels[].schedule == "tuned"`). False: no
+    records.
     """
     return build(
-        model_or_graph, example_inputs, target=target, opt_level=opt_level, num_threads=num_threads
+        model_or_graph,
+        example_inputs,
+        target=target,
+        opt_level=opt_level,
+        num_threads=num_threads,
+        tuning_records=tuning_records,
     ).module
 
 
@@ -81,6 +91,7 @@ def build(
     num_threads: int | None = None,
     groups: Sequence[KernelGroup] | None = None,
     strict_schedules: bool = False,
+    tuning_records: str | os.PathLike[str] | bool | None = None,
 ) -> BuildResult:
     """`compile`, returning every intermediate. `groups` overrides the kernel grouping (and
     then the graph passes do not run: the groups name this graph's nodes);
@@ -92,6 +103,11 @@ def build(
     ):
         raise QCompilerError(f"num_threads must be an int >= 1, got {num_threads!r}")
     preset = get_target(target, num_cores=num_threads)
+    records = None
+    if opt_level >= 2:
+        from qcompiler.tuning.records import records_for
+
+        records = records_for(tuning_records, preset)
     graph, from_torch = _as_graph(model_or_graph, example_inputs)
 
     from qcompiler.ir.verify import verify
@@ -118,6 +134,9 @@ def build(
     lowered = lower_graph(graph, groups, strategy_target, strict=strict_schedules)
 
     def schedule(kf: KernelFunc) -> tuple[Any, str | None]:
+        tuned = records.lookup(kf.func) if records is not None else None
+        if tuned is not None:
+            return tuned, "tuned"
         return schedule_func(
             kf.func,
             op=kf.op,
