@@ -125,7 +125,7 @@ def build(
         from qcompiler.lowering.to_relax import KernelGroup
         from qcompiler.passes.pipelines import kernel_groups, optimize
 
-        graph = optimize(graph, opt_level)  # on a copy: the caller's graph stays as it was
+        graph = optimize(graph, opt_level, preset)  # a copy: the caller's graph is kept
         node_groups = kernel_groups(graph, opt_level)
         if node_groups is not None:
             groups = [KernelGroup(g.nodes, g.anchor) for g in node_groups]

@@ -15,3 +15,4 @@ from qcompiler.ops import norm  # noqa: F401
 from qcompiler.ops import embedding  # noqa: F401
 from qcompiler.ops import pool  # noqa: F401
 from qcompiler.ops import float_pool  # noqa: F401
+from qcompiler.ops import layout  # noqa: F401

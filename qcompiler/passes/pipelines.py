@@ -3,10 +3,13 @@
     opt_level 0   verify                                     compile the graph as given
     opt_level 1   dce, cse, fold-constants, verify           exact cleanups
     opt_level 2   + fuse-activation; then kernel grouping    fused epilogues, one kernel each
-    opt_level 3   same as 2 for now
+    opt_level 3   + on x86 VNNI targets: prepack-x86-conv, select-layout
+                  (conv weights packed into IR constants with their zero-point corrections;
+                  NCHW4c activations between convs, transforms only at the boundaries)
 
 Every pass here keeps the reference outputs bit for bit, so every opt_level computes the
-same integers. Kernel grouping is an analysis, not a pass: it leaves the graph alone and
+same integers. The target-specific passes run only when `pipeline` is given a target that
+has the kernels they prepare for (`target_passes`). Kernel grouping is an analysis, not a pass: it leaves the graph alone and
 returns the groups that `lower_graph` turns into one PrimFunc each (`kernel_groups`).
 `optimize` runs a pipeline on a copy, so the caller's graph is never modified.
 (The schedule side of opt_level, naive / generic / target rules, is codegen's: driver.py.)
@@ -24,10 +27,15 @@ from qcompiler.passes.dce import CommonSubexpressionElimination, DeadCodeElimina
 from qcompiler.passes.fold_constants import FoldConstants
 from qcompiler.passes.fuse_activation import FuseActivation
 from qcompiler.passes.group_kernels import NodeGroup, group_kernels
+from qcompiler.passes.layout import SelectLayout
 from qcompiler.passes.manager import Pass, Pipeline
+from qcompiler.passes.prepack import PrepackX86Conv
+from qcompiler.target import TargetPreset
 
 OPT_LEVELS = (0, 1, 2, 3)
 KERNEL_GROUPING_LEVEL = 2
+LAYOUT_LEVEL = 3
+"""From this opt_level on, target passes prepack weights and choose activation layouts."""
 """From this opt_level on, kernels are fused groups (below: one kernel per node)."""
 
 
@@ -48,8 +56,16 @@ def _check_level(opt_level: Any) -> int:
     return int(opt_level)
 
 
-def pipeline(opt_level: int) -> list[Pass]:
-    """The graph passes for `opt_level`, in the order they run."""
+def target_passes(target: TargetPreset | None) -> list[Pass]:
+    """Layout passes for `target`'s kernels: x86 VNNI (the packed layouts of
+    codegen/x86/strategies.py) gets prepack-x86-conv + select-layout; other targets none."""
+    if target is None or target.schedule_family != "x86-vnni" or not target.has("avx512vnni"):
+        return []
+    return [PrepackX86Conv(), SelectLayout()]
+
+
+def pipeline(opt_level: int, target: TargetPreset | None = None) -> list[Pass]:
+    """The graph passes for `opt_level` (and `target`, from LAYOUT_LEVEL on), in order."""
     level = _check_level(opt_level)
     if level == 0:
         return [Verify()]
@@ -60,6 +76,8 @@ def pipeline(opt_level: int) -> list[Pass]:
     ]
     if level >= 2:
         passes.append(FuseActivation())
+    if level >= LAYOUT_LEVEL:
+        passes += target_passes(target)  # after fusion: it packs the fused convs
     passes.append(Verify())
     return passes
 
@@ -85,22 +103,25 @@ def copy_graph(graph: Graph) -> Graph:
     return new
 
 
-def optimize(graph: Graph, opt_level: int, **pipeline_options: Any) -> Graph:
-    """Run `pipeline(opt_level)` on a copy of `graph` and return the copy.
+def optimize(graph: Graph, opt_level: int, target: TargetPreset | None = None,
+             **pipeline_options: Any) -> Graph:
+    """Run `pipeline(opt_level, target)` on a copy of `graph` and return the copy.
 
     `pipeline_options` go to `Pipeline` (verify_each, print_after, print_after_all, out).
     """
     g = copy_graph(graph)
-    Pipeline(pipeline(opt_level), **pipeline_options).run(g)
+    Pipeline(pipeline(opt_level, target), **pipeline_options).run(g)
     return g
 
 
 __all__ = [
     "KERNEL_GROUPING_LEVEL",
+    "LAYOUT_LEVEL",
     "OPT_LEVELS",
     "Verify",
     "copy_graph",
     "kernel_groups",
     "optimize",
     "pipeline",
+    "target_passes",
 ]

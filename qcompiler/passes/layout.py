@@ -1,0 +1,283 @@
+"""Layout selection (`select-layout`): keep conv activations packed (NCHW4c) between kernels.
+
+Runs after `prepack-x86-conv`: every `x86.conv2d_packed` can read its input and write its
+output (and read its residual) in NCHW or NCHW4c (ops/layout.py). This pass picks, per value,
+the layout its consumers read, so that consecutive convs pass NCHW4c to each other and layout
+transforms remain only where a consumer cannot read it (pools, depthwise convs, linears,
+graph outputs) or a producer cannot write it (graph inputs, pools):
+
+    x86.conv2d_packed(...) -> value v          v is NCHW4c iff every use accepts NCHW4c
+    use (u, i) accepts NCHW4c iff
+        u is x86.conv2d_packed and i is its input x                  (any x_layout)
+        u is x86.conv2d_packed and i its residual, and u's output is NCHW4c
+        u is an element-wise op of `PACKED_ELEMENTWISE` (equal shapes, per-tensor qparams),
+            and u's output is NCHW4c by the same rule (so a relu before a pool stays NCHW)
+        u is a layout_transform NCHW4c -> NCHW                        (a previous run's)
+        u is an op registered in `PACKED_READERS` for position i      (other helpers' ops)
+    a graph output never accepts (outputs are NCHW).
+
+Element-wise ops between convs (ResNet's `qnn.add_relu` of two conv paths, a `qnn.relu`, a
+`qnn.clamp`) run on the packed layout when their output is packed and some input is: they are
+the same function of every element in either layout (padding channels compute values that no
+consumer reads). Their NCHW inputs (a pool output on a skip path) get a `layout_transform`.
+Decisions are made in reverse graph order (a value's users first), so none depends on a later
+one. Convs need no transform nodes at all: their `x_layout`/`out_layout` attrs follow the
+choice, and the x86 kernel reads and writes either layout directly.
+
+The rewrite rebuilds the graph in order; existing `layout_transform` nodes dissolve and are
+re-created where still needed, so running the pass again gives the same graph (idempotent).
+
+Requires: a verified graph. Ensures: a verified graph with the same reference outputs bit for
+bit (layout_transform and the layout attrs are exact data movement); graph inputs and outputs
+keep their types; no layout_transform between two convs of a packed chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+from qcompiler.ir.graph import Graph, Node, Value
+from qcompiler.ir.registry import get_op
+from qcompiler.ops.layout import NCHW, NCHW4C, LayoutTransformAttrs, packed_conv_base
+from qcompiler.passes.manager import Pass
+
+PACKED_ELEMENTWISE: frozenset[str] = frozenset({
+    "qnn.add", "qnn.add_relu", "qnn.relu", "qnn.relu6", "qnn.hardtanh", "qnn.clamp",
+})
+"""Element-wise ops that compute the same per-element function in any layout (no broadcasting,
+no per-channel parameters, no position-dependent rounding), so they may run on NCHW4c."""
+
+PACKED_READERS: dict[str, Callable[[Node], tuple[int, ...]]] = {}
+"""op -> (node -> input positions that can read NCHW4c as they are). The hook for ops of other
+modules (e.g. a depthwise conv whose kernel reads NCHW4c): register the op here and make its
+lowering accept the 5-D input; the pass then feeds it packed values without a transform."""
+
+
+def is_packed(v: Value) -> bool:
+    """NCHW4c values are the 5-D [N, C/4, H, W, 4] tensors the pass creates."""
+    return v.type.rank == 5 and v.type.shape[-1] == 4
+
+
+def _elementwise_ok(node: Node) -> bool:
+    """An element-wise op that may run on NCHW4c: equal 4-D (or already packed) operand
+    shapes, per-tensor quantized operands."""
+    if node.op not in PACKED_ELEMENTWISE or len(node.outputs) != 1:
+        return False
+    shape = node.outputs[0].type.shape
+    for v in node.inputs:
+        qp = v.type.qparams
+        if qp is None or qp.axis is not None or v.type.shape != shape:
+            return False
+    return node.outputs[0].type.rank in (4, 5)
+
+
+def _residual_index(node: Node) -> int | None:
+    return len(node.inputs) - 1 if packed_conv_base(node.attrs).fused_add else None
+
+
+def _is_unpack(node: Node) -> bool:
+    return node.op == "layout_transform" and node.attrs.src == NCHW4C
+
+
+def _is_pack(node: Node) -> bool:
+    return node.op == "layout_transform" and node.attrs.src == NCHW
+
+
+def choose_packed(graph: Graph) -> set[int]:
+    """ids of the (old) values that should be NCHW4c: outputs of convs, packed element-wise
+    ops and pack transforms, decided users-first (module doc)."""
+    packed: set[int] = set()
+    out_ids = {id(v) for v in graph.outputs}
+
+    def accepts(v: Value) -> bool:
+        if id(v) in out_ids:
+            return False
+        for user, i in v.uses:
+            if user.op == "x86.conv2d_packed":
+                if i == 0:
+                    continue
+                if i == _residual_index(user) and id(user.outputs[0]) in packed:
+                    continue
+                return False
+            if _is_unpack(user):
+                continue
+            if _is_pack(user) or _elementwise_ok(user):
+                if id(user.outputs[0]) in packed:
+                    continue
+                return False
+            reader = PACKED_READERS.get(user.op)
+            if reader is not None and i in reader(user):
+                continue
+            return False
+        return True
+
+    for node in reversed(graph.nodes):
+        if node.op in ("x86.conv2d_packed", "layout_transform") or _elementwise_ok(node):
+            out = node.outputs[0]
+            if accepts(out):
+                packed.add(id(out))
+    return packed
+
+
+@dataclass
+class _Forms:
+    """The new graph's values for one old value: NCHW and/or NCHW4c, and its channel count."""
+
+    channels: int
+    name: str = ""
+    """Name hint of the original value (for transforms)."""
+    nchw: Value | None = None
+    packed: Value | None = None
+
+
+@dataclass(frozen=True)
+class SelectLayout(Pass):
+    """Pick NCHW4c for values between x86 convs (module doc).
+
+    Requires: verified graph (after prepack-x86-conv). Ensures: verified graph, same
+    reference outputs bit for bit, idempotent.
+    """
+
+    name: ClassVar[str] = "select-layout"
+
+    def run(self, graph: Graph) -> bool:
+        if not any(n.op == "x86.conv2d_packed" for n in graph.nodes):
+            return False
+        from qcompiler.ir.printer import print_graph
+
+        before = print_graph(graph)
+        packed = choose_packed(graph)
+        new = _rebuild(graph, packed)
+        graph.inputs, graph.nodes, graph.outputs = new.inputs, new.nodes, new.outputs
+        graph.constants = new.constants
+        return print_graph(graph) != before
+
+
+def _rebuild(graph: Graph, packed: set[int]) -> Graph:
+    new = Graph(graph.name)
+    env: dict[int, _Forms] = {}
+    for v in graph.inputs:
+        env[id(v)] = _Forms(_channels(v), v.name, nchw=new.add_input(v.type, v.name))
+
+    def transform(forms: _Forms, to_packed: bool) -> Value:
+        src = forms.nchw if to_packed else forms.packed
+        assert src is not None
+        attrs = LayoutTransformAttrs(NCHW if to_packed else NCHW4C,
+                                     NCHW4C if to_packed else NCHW, forms.channels)
+        (t,) = get_op("layout_transform").infer_types(attrs, [src.type])
+        name = f"{forms.name}_{'nchw4c' if to_packed else 'nchw'}" if forms.name else ""
+        node = new.create_node("layout_transform", [src], attrs, [t], None, [name])
+        return node.outputs[0]
+
+    def nchw(v: Value) -> Value:
+        forms = env[id(v)]
+        if forms.nchw is None:
+            forms.nchw = transform(forms, False)
+        return forms.nchw
+
+    def packed_of(v: Value) -> Value:
+        forms = env[id(v)]
+        if forms.packed is None:
+            forms.packed = transform(forms, True)
+        return forms.packed
+
+    for node in graph.nodes:
+        if node.op == "const":
+            out = node.outputs[0]
+            c = new.add_constant(graph.const_data(out), out.type, node.attrs.name, node.loc)
+            env[id(out)] = _Forms(0, out.name, nchw=c)
+            continue
+        if node.op == "layout_transform":  # dissolve; re-created where a consumer needs it
+            env[id(node.outputs[0])] = env[id(node.inputs[0])]
+            continue
+        out = node.outputs[0]
+        want_packed = id(out) in packed
+        if node.op == "x86.conv2d_packed":
+            x = node.inputs[0]
+            xf = env[id(x)]
+            x_new = xf.packed if xf.packed is not None else xf.nchw
+            assert x_new is not None
+            ins = [x_new] + [env[id(v)].nchw for v in node.inputs[1:]]
+            r = _residual_index(node)
+            if r is not None:
+                ins[r] = packed_of(node.inputs[r]) if want_packed else nchw(node.inputs[r])
+            attrs = replace(node.attrs, x_layout=NCHW4C if is_packed(x_new) else NCHW,
+                            out_layout=NCHW4C if want_packed else NCHW)
+            channels = attrs.out_channels
+        elif want_packed and _elementwise_ok(node) and any(
+                env[id(v)].packed is not None for v in node.inputs):
+            ins = [packed_of(v) for v in node.inputs]
+            attrs = node.attrs
+            channels = env[id(node.inputs[0])].channels
+        else:
+            want_packed = False
+            ins = [nchw(v) for v in node.inputs]
+            attrs = node.attrs
+            channels = 0
+        types = get_op(node.op).infer_types(attrs, [v.type for v in ins])
+        m = new.create_node(node.op, ins, attrs, types, node.loc, [o.name for o in node.outputs])
+        for o, o_new in zip(node.outputs, m.outputs):
+            forms = _Forms(channels or _channels(o), o.name)
+            if want_packed:
+                forms.packed = o_new
+            else:
+                forms.nchw = o_new
+            env[id(o)] = forms
+    new.set_outputs(nchw(v) for v in graph.outputs)
+    return new
+
+
+def _channels(v: Value) -> int:
+    return v.type.shape[1] if v.type.rank >= 2 else 0
+
+
+def value_layout(v: Value) -> str:
+    """NCHW4c, NCHW (4-D), or the rank ("2-D") of a value, for kernel tables."""
+    if is_packed(v):
+        return NCHW4C
+    return NCHW if v.type.rank == 4 else f"{v.type.rank}-D"
+
+
+def kernel_summary(graph: Graph, nodes: Sequence[Node], anchor: Node | None) -> dict[str, Any]:
+    """One kernel (a kernel group's nodes) as `qcompiler inspect` and the manifest show it:
+    anchor op, fused epilogue ops, layouts of the activations it reads and writes (graph
+    constants such as packed weights are not listed)."""
+    head = anchor if anchor is not None else nodes[-1]
+    members = {id(n) for n in nodes}
+    ins: list[Value] = []
+    for n in nodes:
+        for v in n.inputs:
+            outside = v.producer is None or id(v.producer) not in members
+            if outside and not graph.is_const(v) and all(v is not u for u in ins):
+                ins.append(v)
+    outs = [o for n in nodes for o in n.outputs
+            if any(o is g for g in graph.outputs)
+            or any(id(u) not in members for u in o.users())]
+    return {"anchor": head.op, "epilogue": [n.op for n in nodes if n is not head],
+            "layouts": {"in": [value_layout(v) for v in ins],
+                        "out": [value_layout(v) for v in outs]}}
+
+
+def packed_operands(node: Node) -> tuple[int, ...]:
+    """Input positions of `node` that may read NCHW4c (what `choose_packed` assumes)."""
+    if node.op == "x86.conv2d_packed":
+        r = _residual_index(node)
+        return (0,) if r is None else (0, r)
+    if _elementwise_ok(node):
+        return tuple(range(len(node.inputs)))
+    reader = PACKED_READERS.get(node.op)
+    return reader(node) if reader is not None else ()
+
+
+__all__ = [
+    "PACKED_ELEMENTWISE",
+    "PACKED_READERS",
+    "SelectLayout",
+    "choose_packed",
+    "is_packed",
+    "kernel_summary",
+    "packed_operands",
+    "value_layout",
+]
