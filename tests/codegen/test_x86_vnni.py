@@ -24,6 +24,7 @@ import pytest
 pytest.importorskip("tvm")
 
 import qcompiler as qc
+from qcompiler.codegen import x86_plan
 from qcompiler.codegen.x86 import intrin, strategies
 from qcompiler.driver import BuildResult, build
 from qcompiler.ir.builder import Builder
@@ -180,12 +181,12 @@ def make_cases() -> Cases:
 
 @contextmanager
 def forced_layout(layout: str | None) -> Iterator[None]:
-    old = strategies.FORCE_LAYOUT
-    strategies.FORCE_LAYOUT = layout
+    old = x86_plan.FORCE_LAYOUT
+    x86_plan.FORCE_LAYOUT = layout
     try:
         yield
     finally:
-        strategies.FORCE_LAYOUT = old
+        x86_plan.FORCE_LAYOUT = old
 
 
 _BUILDS: dict[tuple[str, str | None], tuple[Cases, BuildResult]] = {}
@@ -460,3 +461,83 @@ def test_crafted_epilogue_cases_through_the_strategies(target: str) -> None:
     want = qc.interpret(c.graph, *c.inputs)
     bad = [n for n, g, w in zip(c.names, got, want) if not np.array_equal(g, w)]
     assert not bad, f"{target}: compiled != interpreter for {bad}"
+
+
+# --- prepacked convs in NCHW / NCHW4c (x86.conv2d_packed: passes/prepack.py, passes/layout.py) ----
+
+
+def _prepacked_graph(seed: int = 3) -> tuple[object, list[np.ndarray]]:
+    """x86.conv2d_packed registry samples (every x / out layout pair, both weight layouts,
+    fbgemm and oneDNN epilogues, residuals, odd channel counts) plus, per layout pair, a
+    ResNet-like 3x3 conv and a strided 1x1 conv with per-channel affine weights."""
+    from qcompiler.ir.registry import get_op
+    from qcompiler.ops.conv import QConv2d
+    from qcompiler.ops.layout import prepack_sample
+
+    op = get_op("x86.conv2d_packed")
+    rng = np.random.default_rng(seed)
+    samples = list(op.samples(rng))
+    base = QConv2d()
+    layouts = (("NCHW", "NCHW4c"), ("NCHW4c", "NCHW4c"), ("NCHW4c", "NCHW"))
+    for k, (xl, ol) in enumerate(layouts):
+        s3 = base._sample(rng, "3x3", c=32, o=48, spatial=(9, 11), kernel=3, padding=1,
+                          weight="pc-sym")
+        s1 = base._sample(rng, "1x1-s2", c=20, o=36, spatial=(10, 9), kernel=1, stride=2,
+                          weight="pc-aff")
+        samples.append(prepack_sample("qnn.conv2d", s3, xl, ol,
+                                      ("OIHW16o4i", "OIHW4i")[k % 2]))
+        samples.append(prepack_sample("qnn.conv2d", s1, xl, ol,
+                                      ("OIHW4i", "OIHW16o4i")[k % 2]))
+    b = Builder("prepacked")
+    outs, inputs = [], []
+    for si, s in enumerate(samples):
+        vals = []
+        for k, (t, a) in enumerate(zip(s.in_types, s.arrays)):
+            if k == 0 or (k > 2 and t.qparams is not None):
+                vals.append(b.input(f"x{si}_{k}", t))
+                inputs.append(a)
+            else:
+                vals.append(b.const(a, t, f"c{si}_{k}"))
+        outs.append(b.op(op.name, vals, s.attrs))
+    return b.finish(*outs), inputs
+
+
+@needs_vnni
+def test_prepacked_convs_read_and_write_packed_layouts_exactly() -> None:
+    g, inputs = _prepacked_graph()
+    res = build(g, target="x86-avx512-vnni", num_threads=2, strict_schedules=True)
+    assert {kf.strategy for kf in res.lowered.funcs} == {"conv2d_prepacked"}
+    assert {kf.rule for kf in res.lowered.funcs} == {"conv2d_int8_x86"}
+    got = res.module(*inputs)
+    want = qc.interpret(g, *inputs)
+    bad = [k for k, (a, e) in enumerate(zip(got, want)) if not np.array_equal(a, e)]
+    assert not bad, f"outputs {bad} differ"
+    # NCHW4c input: no packing stage builds words; the byte intrinsics read it as it is
+    packed_in = [kf for kf in res.lowered.funcs if "qc_x86_vnni_u8" in kf.scheduled.script()]
+    assert packed_in, "no kernel uses the NCHW4c byte intrinsics"
+    assert "vpdpbusd" in asm_of(res, packed_in[0])
+
+
+@needs_vnni
+def test_opt3_resnet_block_compiles_exactly_with_packed_activations() -> None:
+    """The layout passes' test graph (tests/passes) compiled at opt_level 3: NCHW4c between
+    the convs, the residual add fused into the conv kernel, exact."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "passes" / "test_layout_passes.py"
+    spec = importlib.util.spec_from_file_location("_layout_block", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    g = mod.block_graph(5)
+    res = build(g, target="x86-avx512-vnni", opt_level=3, num_threads=2, strict_schedules=True)
+    ops = [kf.ops for kf in res.lowered.funcs]
+    assert ("x86.conv2d_packed", "qnn.add_relu") in ops
+    assert sum(op == ("layout_transform",) for op in ops) == 1
+    xs = [np.random.default_rng(k).integers(0, 256, v.type.shape).astype(np.uint8)
+          for k, v in enumerate(g.inputs)]
+    for a, e in zip(res.module(*xs), qc.interpret(g, *xs)):
+        np.testing.assert_array_equal(a, e)

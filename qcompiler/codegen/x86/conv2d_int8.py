@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 
 from qcompiler.codegen.rule import ScheduleRule, register_rule
-from qcompiler.codegen.x86.intrin import intrinsic_by_name
+from qcompiler.codegen.x86.intrin import DotIntrin, intrinsic_by_name
+from qcompiler.codegen.x86.intrin_u8 import intrinsic_by_name_u8
 from qcompiler.codegen.x86.sched_util import (
     attempt,
     compute_consumers_at,
@@ -24,6 +25,8 @@ from qcompiler.codegen.x86.sched_util import (
 from qcompiler.codegen.x86.strategies import (
     ANN_FLAT,
     ANN_INTRIN,
+    ANN_OUT_PACKED,
+    ANN_PACK_BYTES,
     ANN_POS_OUTER,
     ANN_TILE_M,
     ANN_TILE_N,
@@ -39,7 +42,8 @@ from qcompiler.codegen.x86.strategies import (
 from qcompiler.lowering.tvm_compat import PrimFunc, Schedule, block_info, child_blocks
 from qcompiler.target import TargetPreset
 
-CONV_OPS = ("qnn.conv2d", "qnn.conv2d_relu", "qnn.conv2d_add", "qnn.conv2d_add_relu")
+CONV_OPS = ("qnn.conv2d", "qnn.conv2d_relu", "qnn.conv2d_add", "qnn.conv2d_add_relu",
+            "x86.conv2d_packed")
 
 
 def _register(cls: type[ScheduleRule]) -> type[ScheduleRule]:
@@ -85,7 +89,7 @@ class Conv2dInt8X86(ScheduleRule):
         if dot is None:
             return None
         ann = sch.get(dot).annotations
-        intrin = intrinsic_by_name(str(ann[ANN_INTRIN]))
+        intrin = _intrinsic(str(ann[ANN_INTRIN]))
         if not target.has(intrin.feature):
             return None
         ow_t, oc_t = int(ann[ANN_TILE_M]), int(ann[ANN_TILE_N])
@@ -147,11 +151,18 @@ class Conv2dInt8X86(ScheduleRule):
         last = req
         epilogue: list[str] = []
         out = find_block(sch, CONV_OUT)
-        if out is not None:
+        # NOTE: an NCHW4c output gathers 4 channels per word; under a tile of fewer (or not a
+        # multiple of 4) channels, reverse_compute_at accepts it but reads channels the tile
+        # has not computed yet (wrong values, measured): then it runs after the whole grid
+        tile_channels = oc_t if nchw else oc_t * intrin.lanes
+        if int(ann.get(ANN_OUT_PACKED, 0)) and tile_channels % 4:
+            out = None
+        elif out is not None:
             sch.reverse_compute_at(out, tile_loop)
             epilogue.append(CONV_OUT)
             last = out
-        epilogue += compute_consumers_at(sch, last, tile_loop)
+        if out is not None or not int(ann.get(ANN_OUT_PACKED, 0)):
+            epilogue += compute_consumers_at(sch, last, tile_loop)
         done.update(epilogue)
 
         # --- phase 4: parallel outer loop ---
@@ -184,11 +195,19 @@ class Conv2dInt8X86(ScheduleRule):
         return sch
 
 
+def _intrinsic(name: str) -> DotIntrin:
+    return intrinsic_by_name_u8(name) or intrinsic_by_name(name)
+
+
 def _schedule_pack(sch: Schedule, block: object, cores: int, lanes: int) -> None:
     """Activation words [N][ICB][Hp][(S)][Wp] (or [N][ICB][OH * OW]): parallel over (n, icb,
     h); each row is whole vectors (the strategy rounds Wp up), loaded contiguously from the
-    NCHW input."""
+    NCHW input. NCHW4c bytes ([...][G], `ANN_PACK_BYTES`): the same with (Wp, G) fused, a
+    row copy in 64-byte vectors."""
     loops = sch.get_loops(block)
+    if int(sch.get(block).annotations.get(ANN_PACK_BYTES, 0)):
+        loops = [*loops[:-2], sch.fuse(loops[-2], loops[-1])]
+        lanes *= 4
     ext = extents(sch, loops)
     if ext is None:
         return
@@ -196,7 +215,7 @@ def _schedule_pack(sch: Schedule, block: object, cores: int, lanes: int) -> None
     par = sch.fuse(*loops[:k])
     if cores > 1 and math.prod(ext[:k]) > 1 and math.prod(ext) > 1024:
         sch.parallel(par)
-    vectorize_inner(sch, loops[-1], 16)
+    vectorize_inner(sch, loops[-1], max(16, lanes))
 
 
 def _schedule_xsum(sch: Schedule, block: object, cores: int) -> None:

@@ -59,6 +59,18 @@ from typing import Any
 import numpy as np
 
 from qcompiler.codegen.x86.intrin import DotIntrin, intrinsic_for
+from qcompiler.codegen.x86.intrin_u8 import U8_TWIN
+from qcompiler.codegen.x86_plan import (
+    MAX_TAPS,
+    ConvPlan,
+    choose_conv_plan,
+    choose_tile,
+    conv_corrections,
+    conv_cost,
+    max_accumulators,
+    pack_conv_weight,
+    plan_conv,
+)
 from qcompiler.ir.registry import OpDef, Sig
 from qcompiler.lowering import te_lib
 from qcompiler.lowering.strategy import register_strategy
@@ -93,62 +105,18 @@ POS_OUTER_MAX_WEIGHT_BYTES = 48 * 1024
 """Packed weights up to this size stay in L1 (48 KiB on Zen 4/5, Ice Lake and later)."""
 ANN_FLAT = "qc.x86_flat"
 """1 for a flat 1x1 conv (`ConvPlan.flat`): the dot's positions are OH * OW flattened."""
+ANN_OUT_PACKED = "qc.x86_out_packed"
+"""1 when the conv writes NCHW4c (the rule computes that stage per tile only when a tile holds
+whole groups of 4 channels)."""
+ANN_PACK_BYTES = "qc.x86_pack_bytes"
+"""1 on a conv packing stage that copies NCHW4c bytes ([...][G] u8) instead of building words."""
 ANN_TILE_N = "qc.x86_tile_n"
 """Register tile along the output channels: vectors of L lanes (lanes = channels) or single
 channels (lanes = positions, where the spatial tile is a multiple of L)."""
 
-MAX_TAPS = 16447
-"""Largest reduction (taps per output) whose zero-point-corrected sum provably stays in int32:
-4 terms of magnitude <= T * 255 * 128 each."""
-
-
 def x86_strategy(*ops: str) -> Any:
     """Register a strategy for `ops` on every x86 schedule family."""
     return register_strategy(ops, X86_FAMILIES)
-
-
-# --- register tiles ------------------------------------------------------------------------------
-
-
-def max_accumulators(intrin: DotIntrin) -> int:
-    """Accumulator vectors per register tile: 16 of the 32 zmm registers (VNNI, measured best
-    on Zen 5: 537 GMAC/s for 8x2 against 442 for 7x4 and 199 for 14x2, which spills), 12 of
-    the 16 ymm ones (AVX2)."""
-    return 12 if intrin.lanes == 8 else 16
-
-
-def choose_tile(n_spatial: int, n_blocks: int, max_acc: int,
-                channel_tiles: Sequence[int] = (1, 2, 3, 4),
-                exact: bool = False, spatial_step: int = 1) -> tuple[int, int, int, int] | None:
-    """(spatial tile, channel-block tile, padded spatial extent, padded channel blocks).
-
-    Minimises the padded work (spatial and channel padding both cost multiplies) times a
-    penalty for tiles with fewer accumulators than `max_acc` (latency-bound) and for a channel
-    tile of 1 (every broadcast feeds one multiply). `exact`: only tiles that divide both
-    extents (None if there is none); `spatial_step`: spatial tiles are multiples of it.
-    """
-    cands: list[tuple[float, int, int, int]] = []
-    for nt in channel_tiles:
-        if nt > n_blocks or nt > max_acc or (exact and n_blocks % nt):
-            continue
-        for mt in range(1, min(max_acc // nt, max(n_spatial, 1)) + 1):
-            if (exact and n_spatial % mt) or mt % spatial_step:
-                continue
-            acc = nt * mt
-            sp = math.ceil(n_spatial / mt) * mt
-            bp = math.ceil(n_blocks / nt) * nt
-            cost = (sp / n_spatial) * (bp / n_blocks) * (1.0 + 0.5 * (max_acc - acc) / max_acc)
-            if nt == 1 and n_blocks > 1:
-                cost *= 1.1
-            cands.append((round(cost, 9), -acc, nt, mt))
-    if not cands:
-        return None
-    _, _, nt, mt = min(cands)
-    return mt, nt, math.ceil(n_spatial / mt) * mt, math.ceil(n_blocks / nt) * nt
-
-
-def _round_up(v: int, m: int) -> int:
-    return (v + m - 1) // m * m
 
 
 # --- shared pieces -------------------------------------------------------------------------------
@@ -162,19 +130,6 @@ def _int_vector(values: np.ndarray, name: str) -> Any:
         return lambda c: imm
     t = te_lib.constant(vals.astype(np.int32), name)
     return lambda c: t[c]
-
-
-def _corrections(
-    w: np.ndarray, zx: int, zws: np.ndarray, taps: int
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """(corr[o], zw[o]) as int64, or None when the int32 bound does not hold (see module doc)."""
-    if taps > MAX_TAPS:
-        return None
-    wsum = w.reshape(w.shape[0], -1).astype(np.int64).sum(axis=1)
-    corr = taps * zx * zws.astype(np.int64) - zx * wsum
-    if np.any(np.abs(corr) > 2**31 - 1):
-        return None
-    return corr, zws.astype(np.int64)
 
 
 def _pad_to(values: np.ndarray, n: int) -> np.ndarray:
@@ -268,163 +223,6 @@ def _requantize(
 # --- conv2d --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ConvPlan:
-    """Shapes of one packed conv (see the module doc for the two layouts).
-
-    `layout` "nchwc": lanes = output channels, tile = oc_t channel vectors x ow_t columns.
-    `layout` "nchw": lanes = output positions, tile = oc_t channels x ow_t columns (a multiple
-    of the lanes); the packed input has a W phase axis so strided taps are contiguous too.
-    """
-
-    layout: str
-    n: int
-    c: int
-    h: int
-    w: int
-    o: int
-    kh: int
-    kw: int
-    stride: tuple[int, int]
-    pad: tuple[int, int]
-    dil: tuple[int, int]
-    oh: int
-    ow: int
-    lanes: int
-    kgroup: int
-    icb: int
-    """Packed input-channel groups: ceil(C / G)."""
-    ocp: int
-    """Output channels padded to whole tiles (and, for nchwc, whole vectors)."""
-    ow_t: int
-    """Output columns per register tile."""
-    oc_t: int
-    """Output channels per register tile: vectors (nchwc) or single channels (nchw)."""
-    owp: int
-    """OW padded to whole tiles (flat: OH * OW)."""
-    flat: bool = False
-    """nchw 1x1 conv over the flattened positions OH * OW (a multiple of the lanes): no padding,
-    and the requantized tile is contiguous in the NCHW output (no copy stage)."""
-
-    @property
-    def prestride(self) -> bool:
-        """1x1 conv: the pack stage samples the strided positions, the dot runs at stride 1."""
-        return self.kh == 1 and self.kw == 1
-
-    @property
-    def taps(self) -> int:
-        return self.c * self.kh * self.kw
-
-    @property
-    def dot_stride(self) -> tuple[int, int]:
-        return (1, 1) if self.prestride else self.stride
-
-    @property
-    def phases(self) -> int:
-        """W phases of the packed input (nchw layout): the dot's W stride."""
-        return self.dot_stride[1] if self.layout == "nchw" else 1
-
-    @property
-    def packed_hw(self) -> tuple[int, int]:
-        """Rows and (per phase) columns of the packed input; the columns are rounded up to
-        whole vectors of 16 words so the packing stage is vectorized without a tail."""
-        if self.prestride:
-            return self.oh, _round_up(self.owp, 16)
-        sh, sw = self.stride
-        dh, dw = self.dil
-        hp = (self.oh - 1) * sh + (self.kh - 1) * dh + 1
-        wp = (self.owp - 1) * sw + (self.kw - 1) * dw + 1
-        return hp, _round_up(math.ceil(wp / self.phases), 16)
-
-    @property
-    def macs_executed(self) -> int:
-        positions = self.owp if self.flat else self.oh * self.owp
-        return self.n * self.ocp * positions * self.icb * self.kgroup * self.kh * self.kw
-
-
-EPILOGUE_COST = {"nchwc": 170, "nchw": 40}
-"""Per-output epilogue cost in multiply-equivalents (at ~128 int8 MAC per cycle), measured on
-Zen 5: the vectorized requantize costs about 0.3 cycles per output; the NHWC -> NCHW byte
-transpose of the nchwc layout about 1 more. Used only to pick the layout."""
-
-FORCE_LAYOUT: str | None = None
-"""Tests and benchmarks: force "nchwc" or "nchw" (None: the cost model decides)."""
-
-
-def plan_conv(xs: Sequence[int], ws: Sequence[int], stride: Sequence[int],
-              pad: Sequence[int], dil: Sequence[int], intrin: DotIntrin,
-              layout: str) -> ConvPlan:
-    n, c, h, w = xs
-    o, _, kh, kw = ws
-    sh, sw = stride
-    ph, pw = pad
-    dh, dw = dil
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    L = intrin.lanes
-    acc = max_accumulators(intrin)
-    flat = False
-    if layout == "nchwc":
-        tile = choose_tile(ow, math.ceil(o / L), acc)
-        assert tile is not None
-        ow_t, oc_t, owp, ocb = tile
-        ocp = ocb * L
-    else:
-        tile = None
-        # flat: tiles of whole vectors AND whole rows (so a tile's (oh, ow) are affine in the
-        # fused loop, which `parallel` requires), dividing OH * OW exactly
-        row_tile = math.lcm(ow, L)
-        if kh == 1 and kw == 1 and (oh * ow) % row_tile == 0:
-            tile = choose_tile(oh * ow // L, o, acc, channel_tiles=NCHW_CHANNEL_TILES,
-                               exact=True, spatial_step=row_tile // L)
-            flat = tile is not None
-        if tile is None:
-            tile = choose_tile(math.ceil(ow / L), o, acc, channel_tiles=NCHW_CHANNEL_TILES)
-        assert tile is not None
-        tv, oc_t, nvec, ocp = tile
-        ow_t, owp = tv * L, nvec * L
-    return ConvPlan(layout, n, c, h, w, o, kh, kw, (sh, sw), (ph, pw), (dh, dw), oh, ow, L,
-                    intrin.kgroup, math.ceil(c / intrin.kgroup), ocp, ow_t, oc_t, owp, flat)
-
-
-NCHW_CHANNEL_TILES = (4, 2, 8, 1, 3, 6)
-"""Output channels per register tile of the nchw layout, in order of preference on ties."""
-
-
-UNALIGNED_COST = 1.2
-"""Multiply cost factor of the nchw layout when KW > 1: the 64-byte activation vectors of taps
-kw > 0 start mid cache line (two lines per load). Measured on Zen 5, 1 thread: 3x3 convs run
-at 371-421 GMAC/s in nchw against 401-438 in nchwc (64->64 @56, 128->128 @28)."""
-
-
-def conv_cost(plan: ConvPlan) -> float:
-    """Relative cost: executed multiplies (padding included) plus the epilogue.
-
-    With these constants the layer set of issue 7 gets the faster layout of the two in every
-    case (measured, benchmarks/x86_layers.py): nchwc for the ResNet 3x3 convs, nchw for the
-    1x1 convs and the 7x7 stem."""
-    outputs = plan.n * plan.o * plan.oh * plan.ow
-    macs = float(plan.macs_executed)
-    if plan.layout == "nchw" and plan.kw > 1:
-        macs *= UNALIGNED_COST
-    return macs + EPILOGUE_COST[plan.layout] * outputs
-
-
-def pack_conv_weight(w: np.ndarray, plan: ConvPlan, dtype: str) -> np.ndarray:
-    """OIHW int8 -> [OCp/L][ICp/G][KH][KW][L][G] (nchwc) or [OCp][ICp/G][KH][KW][G] (nchw),
-    zero padded, as `dtype`."""
-    o, c, kh, kw = w.shape
-    G = plan.kgroup
-    full = np.zeros((plan.ocp, plan.icb * G, kh, kw), dtype=np.int64)
-    full[:o, :c] = w
-    if plan.layout == "nchwc":
-        L = plan.lanes
-        packed = full.reshape(plan.ocp // L, L, plan.icb, G, kh, kw).transpose(0, 2, 4, 5, 1, 3)
-    else:
-        packed = full.reshape(plan.ocp, plan.icb, G, kh, kw).transpose(0, 1, 3, 4, 2)
-    return np.ascontiguousarray(packed).astype(dtype)
-
-
 def _conv_inputs(op: OpDef, inputs: Sequence[Tensor]) -> tuple[Tensor, Tensor, Any, Any]:
     x, w, rest = inputs[0], inputs[1], list(inputs[2:])
     other = rest.pop() if getattr(op, "fused_add", False) else None
@@ -438,12 +236,9 @@ def conv2d_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetP
 
     The layout with the lower `conv_cost` wins: lanes = positions ("nchw": no transpose in
     the epilogue, but OW padded to whole vectors: 1x1 convs, the stem, wide rows) or lanes =
-    channels ("nchwc": small spatial extents with many channels).
-
-    Stages: `pack` (x -> [N][ICp/G][Hp][(phase)][Wp][G], padded with zx), `xsum` (only with
-    weight zero points), `dot` (the tensorizable reduction), `acc` (view: dot +
-    corrections), `residual` (view of conv2d_add's extra input), `requant` (te_lib epilogue),
-    `out` (the node's NCHW output, when the grid was padded or transposed).
+    channels ("nchwc": small spatial extents with many channels). The weights are packed and
+    the corrections computed here, in numpy; at opt_level 3 the prepack pass does that in
+    the IR instead (`conv2d_prepacked`).
     """
     from qcompiler.ops.conv import expand_spatial
 
@@ -457,24 +252,93 @@ def conv2d_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetP
     xt, wt = sig.in_types[0], sig.in_types[1]
     geometry = (xt.shape, wt.shape, expand_spatial(attrs.stride, 2),
                 expand_spatial(attrs.padding, 2), expand_spatial(attrs.dilation, 2))
-    plans = []
-    for layout in ("nchwc", "nchw"):
-        intrin = intrinsic_for(target, weight_broadcast=layout == "nchw")
-        if intrin is not None and FORCE_LAYOUT in (None, layout):
-            plans.append((conv_cost(plan_conv(*geometry, intrin, layout)), layout, intrin))
-    if not plans:
+    intrins = {layout: intrinsic_for(target, weight_broadcast=layout == "nchw")
+               for layout in ("nchwc", "nchw")}
+    plan = choose_conv_plan(*geometry, dict(intrins))
+    if plan is None:
         return None
-    _, layout, intrin = min(plans)
-    plan = plan_conv(*geometry, intrin, layout)
+    intrin = intrins[plan.layout]
+    assert intrin is not None
     xq, wq = xt.qparams, wt.qparams
     assert xq is not None and wq is not None
     zx = int(xq.zp_value) + _x_shift(str(x.dtype))
     zws = np.broadcast_to(wq.zero_points_array(), (plan.o,)).astype(np.int64)
-    corr_zw = _corrections(w_data, zx, zws, plan.taps)
+    corr_zw = conv_corrections(w_data, zx, zws, plan.taps)
     if corr_zw is None:
         return None
     corr_v, zw_v = corr_zw
+    w_packed = te_lib.constant(pack_conv_weight(w_data, plan, intrin.w_dtype), "x86_conv_weight")
+    corr = _int_vector(_pad_to(corr_v, plan.ocp), "x86_conv_corr")
+    return _conv_te(op, sig, plan, intrin, ConvIO(x, bias, other), w_packed, corr, zw_v, zx)
 
+
+@x86_strategy("x86.conv2d_packed")
+def conv2d_prepacked(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetPreset) -> Any:
+    """`x86.conv2d_packed` (ops/layout.py): the weights and corrections are IR constants
+    (prepack pass), read as they are; x, the residual and the output in NCHW or NCHW4c.
+
+    The plan is recomputed from the weight layout (the pass used the same `plan_conv`); a
+    constant that does not fit it (another OCp) falls back to the generic `lower()`. NCHW4c
+    input needs VNNI (its byte-reading intrinsics, intrin_u8.py): on other targets None.
+    """
+    from qcompiler.ops.layout import (
+        NCHW4C,
+        base_conv_sig,
+        packed_conv_base,
+        split_packed_conv_inputs,
+    )
+
+    a = sig.attrs
+    layout = "nchwc" if a.w_layout == "OIHW16o4i" else "nchw"
+    intrin = intrinsic_for(target, weight_broadcast=layout == "nchw")
+    if intrin is None or intrin.kgroup != 4 or intrin.w_dtype != "int8":
+        return None
+    x, w, corr_t, bias, other = split_packed_conv_inputs(a, inputs)
+    bsig = base_conv_sig(sig)
+    xs, ws = bsig.in_types[0].shape, bsig.in_types[1].shape
+    plan = plan_conv(xs, ws, a.stride, a.padding, a.dilation, intrin, layout)
+    if int_shape(corr_t)[0] != plan.ocp or plan.taps > MAX_TAPS:
+        return None
+    if a.x_layout == NCHW4C:
+        intrin = U8_TWIN.get(intrin)
+        if intrin is None:
+            return None
+    xq = bsig.in_types[0].qparams
+    assert xq is not None
+    zws = np.broadcast_to(a.w_qparams.zero_points_array(), (plan.o,)).astype(np.int64)
+    corr_data = te_lib.constant_value(corr_t)
+    if corr_data is not None and np.all(corr_data == corr_data[0]):
+        corr = _int_vector(corr_data, "x86_conv_corr")
+    else:
+        def corr(c: Any) -> Any:
+            return corr_t[c]
+    io = ConvIO(x, bias, other, a.x_layout == NCHW4C, a.out_layout == NCHW4C)
+    return _conv_te(packed_conv_base(a), bsig, plan, intrin, io, w, corr, zws,
+                    int(xq.zp_value))
+
+
+@dataclass(frozen=True)
+class ConvIO:
+    """The activation-side tensors of a packed conv and their layouts (ops/layout.py)."""
+
+    x: Tensor
+    bias: Tensor | None
+    other: Tensor | None
+    x_packed: bool = False
+    """x is NCHW4c [N][C/4][H][W][4] (else NCHW)."""
+    out_packed: bool = False
+    """The output (and the residual `other`) are NCHW4c."""
+
+
+def _conv_te(op: OpDef, sig: Sig, plan: ConvPlan, intrin: DotIntrin, io: ConvIO,
+             w_packed: Tensor, corr: Any, zw_v: np.ndarray, zx: int) -> Any:
+    """The conv's TE on `plan` (module doc): `pack` (x -> words [N][ICp/G][Hp][(phase)][Wp],
+    or for NCHW4c x bytes [...][G] read by the byte intrinsics: a copy with the borders),
+    `xsum` (only with weight zero points), `dot` (the tensorizable reduction), `acc` (view:
+    dot + corrections), `residual` (view of conv2d_add's extra input), `requant` (te_lib
+    epilogue), `out` (the node's NCHW or NCHW4c output, when the grid was padded or
+    transposed). `op`/`sig` are the base conv's (NCHW types)."""
+    x, bias, other = io.x, io.bias, io.other
     N, C, H, W = plan.n, plan.c, plan.h, plan.w
     L, G, S = plan.lanes, plan.kgroup, plan.phases
     sh, sw = plan.stride
@@ -483,12 +347,15 @@ def conv2d_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetP
     hp, wq_ = plan.packed_hw
 
     # --- pack: NCHW -> words [N][ICp/G][Hp][(S)][Wp/S] of G channels; zx in padding taps, 0 in
-    # padding channels; vectorizable along the last axis (contiguous loads, shifts, ors) ---
-    def pack_value(nn: Any, cb: Any, hh: Any, col: Any) -> Any:
+    # padding channels; vectorizable along the last axis (contiguous loads, shifts, ors).
+    # NCHW4c x: bytes [...][G], a copy of whole rows (no shifts) ---
+    def source(hh: Any, col: Any) -> tuple[Any, Any]:
         if plan.prestride:
-            ih, iw = hh * sh - ph, col * sw - pw
-        else:
-            ih, iw = hh - ph, col - pw
+            return hh * sh - ph, col * sw - pw
+        return hh - ph, col - pw
+
+    def pack_value(nn: Any, cb: Any, hh: Any, col: Any) -> Any:
+        ih, iw = source(hh, col)
         inside = te.all(ih >= 0, ih < H, iw >= 0, iw < W)
         vals = []
         for g in range(G):
@@ -500,27 +367,55 @@ def conv2d_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetP
             vals.append(v)
         return _pack_word(vals, intrin)
 
+    def pack_byte(nn: Any, cb: Any, hh: Any, col: Any, g: Any) -> Any:
+        ih, iw = source(hh, col)
+        inside = te.all(ih >= 0, ih < H, iw >= 0, iw < W)
+        v = te.if_then_else(inside, x[nn, cb, te.max(te.min(ih, H - 1), 0),
+                                      te.max(te.min(iw, W - 1), 0), g],
+                            te.const(zx, "uint8"))
+        if C % G:  # padding channels hold 0 (their weights are 0; xsum must not see them)
+            v = te.if_then_else(cb * G + g < C, v, te.const(0, "uint8"))
+        return v
+
+    ann_pack = {ANN_PACK_BYTES: 1} if io.x_packed else None
     if plan.flat:  # [N][ICp/G][OH * OW]
-        xp = te.compute((N, plan.icb, plan.owp),
-                        lambda nn, cb, p: pack_value(nn, cb, p // plan.ow, p % plan.ow),
-                        name=CONV_PACK)
+        if io.x_packed:
+            xp = te.compute((N, plan.icb, plan.owp, G),
+                            lambda nn, cb, p, g: pack_byte(nn, cb, p // plan.ow, p % plan.ow, g),
+                            name=CONV_PACK, attrs=ann_pack)
+        else:
+            xp = te.compute((N, plan.icb, plan.owp),
+                            lambda nn, cb, p: pack_value(nn, cb, p // plan.ow, p % plan.ow),
+                            name=CONV_PACK)
     elif plan.layout == "nchw":
-        xp = te.compute((N, plan.icb, hp, S, wq_),
-                        lambda nn, cb, hh, s, q: pack_value(nn, cb, hh, q * S + s),
-                        name=CONV_PACK)
+        if io.x_packed:
+            xp = te.compute((N, plan.icb, hp, S, wq_, G),
+                            lambda nn, cb, hh, s, q, g: pack_byte(nn, cb, hh, q * S + s, g),
+                            name=CONV_PACK, attrs=ann_pack)
+        else:
+            xp = te.compute((N, plan.icb, hp, S, wq_),
+                            lambda nn, cb, hh, s, q: pack_value(nn, cb, hh, q * S + s),
+                            name=CONV_PACK)
+    elif io.x_packed:
+        xp = te.compute((N, plan.icb, hp, wq_, G), pack_byte, name=CONV_PACK, attrs=ann_pack)
     else:
         xp = te.compute((N, plan.icb, hp, wq_), pack_value, name=CONV_PACK)
-    w_packed = te_lib.constant(pack_conv_weight(w_data, plan, intrin.w_dtype), "x86_conv_weight")
     dsh, dsw = plan.dot_stride
+
+    def x_at(*idx: Any) -> Any:
+        """Step g (the last index) of the packed activation at the other indices."""
+        if io.x_packed:
+            return xp[idx].astype("int32")
+        return _x_step(xp[idx[:-1]], idx[-1], intrin)
 
     def x_tap(nn: Any, ic: Any, hh: Any, ww: Any, kh: Any, kw: Any, g: Any) -> Any:
         if plan.flat:  # ww is the flat position; hh, kh, kw are 0
-            return _x_step(xp[nn, ic, ww], g, intrin)
+            return x_at(nn, ic, ww, g)
         row = hh * dsh + kh * dh
         if plan.layout == "nchw":
             col = kw * dw  # position ww*dsw + col = (ww + col // S) * S + col % S
-            return _x_step(xp[nn, ic, row, col % S, ww + col // S], g, intrin)
-        return _x_step(xp[nn, ic, row, ww * dsw + kw * dw], g, intrin)
+            return x_at(nn, ic, row, col % S, ww + col // S, g)
+        return x_at(nn, ic, row, ww * dsw + kw * dw, g)
 
     # --- dot: sum over (kh, kw, icb, g) of x * w, int32 ---
     rkh = te.reduce_axis((0, plan.kh), name="rkh")
@@ -530,7 +425,8 @@ def conv2d_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetP
     axes = [rkh, rkw, ric, rg]
     w_bytes = plan.ocp * plan.icb * G * plan.kh * plan.kw * (2 if intrin.w_dtype == "int16" else 1)
     ann = {ANN_INTRIN: intrin.name, ANN_TILE_M: plan.ow_t, ANN_TILE_N: plan.oc_t,
-           ANN_FLAT: int(plan.flat), ANN_POS_OUTER: int(w_bytes <= POS_OUTER_MAX_WEIGHT_BYTES)}
+           ANN_FLAT: int(plan.flat), ANN_POS_OUTER: int(w_bytes <= POS_OUTER_MAX_WEIGHT_BYTES),
+           ANN_OUT_PACKED: int(io.out_packed)}
     if plan.flat:  # [N][OCp][OH * OW], no kh / kw axes
         axes = [ric, rg]
 
@@ -573,7 +469,6 @@ def conv2d_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetP
                                       axis=[skh, skw, sic, sg]),
             name=CONV_XSUM)
     ocp = plan.ocp
-    corr = _int_vector(_pad_to(corr_v, ocp), "x86_conv_corr")
     zw = _int_vector(_pad_to(zw_v, ocp), "x86_conv_w_zero_point")
 
     def dot_at(nn: Any, o: Any, hh: Any, ww: Any) -> Any:
@@ -598,6 +493,8 @@ def conv2d_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetP
         # vectorized load a gather)
         oo = te.min(o, plan.o - 1) if ocp > plan.o else o
         wo = te.min(ww, plan.ow - 1) if not plan.flat and plan.owp > plan.ow else ww
+        if io.out_packed:
+            return other[nn, oo // G, hh, wo, oo % G]
         return other[nn, oo, hh, wo]
 
     # --- epilogue on the padded grid (whole register tiles): NCHW, or NHWC for nchwc ---
@@ -607,6 +504,8 @@ def conv2d_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetP
         acc = te.compute(grid, acc_value, name=CONV_ACC)
         res = None if other is None else te.compute(grid, residual, name=CONV_RESIDUAL)
         req = _requantize(op, sig, acc, cbias, res, 1, CONV_REQUANT)
+        if io.out_packed:
+            return _conv_out_packed(sig, plan, lambda nn, o, hh, ww: req[nn, o, hh, ww])
         if ocp == plan.o and (plan.flat or plan.owp == plan.ow):
             return req
         return te.compute((N, plan.o, plan.oh, plan.ow),
@@ -617,8 +516,29 @@ def conv2d_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetP
     if other is not None:
         res = te.compute(grid, lambda nn, hh, ww, o: residual(nn, o, hh, ww), name=CONV_RESIDUAL)
     req = _requantize(op, sig, acc, cbias, res, 3, CONV_REQUANT)
+    if io.out_packed:
+        return _conv_out_packed(sig, plan, lambda nn, o, hh, ww: req[nn, hh, ww, o])
     return te.compute((N, plan.o, plan.oh, plan.ow),
                       lambda nn, o, hh, ww: req[nn, hh, ww, o], name=CONV_OUT)
+
+
+def _conv_out_packed(sig: Sig, plan: ConvPlan, req_at: Any) -> Tensor:
+    """The NCHW4c output [N][ceil(O/4)][OH][OW][4] from the requantized grid; padding channels
+    hold the output zero point (ops/layout.py)."""
+    oq = sig.out.qparams
+    assert oq is not None
+    G = plan.kgroup
+    zo = te.const(int(oq.zp_value), "uint8")
+    last = plan.ocp - 1
+
+    def value(nn: Any, cb: Any, hh: Any, ww: Any, g: Any) -> Any:
+        o = cb * G + g
+        if plan.o % G == 0:
+            return req_at(nn, o, hh, ww)
+        return te.if_then_else(o < plan.o, req_at(nn, te.min(o, last), hh, ww), zo)
+
+    shape = (plan.n, math.ceil(plan.o / G), plan.oh, plan.ow, G)
+    return te.compute(shape, value, name=CONV_OUT)
 
 
 # --- linear --------------------------------------------------------------------------------------
@@ -687,7 +607,7 @@ def dense_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetPr
     xdt = str(x.dtype)
     zx = int(xq.zp_value) + _x_shift(xdt)
     zws = np.broadcast_to(wq.zero_points_array(), (n,)).astype(np.int64)
-    corr_zw = _corrections(w_data, zx, zws, k)
+    corr_zw = conv_corrections(w_data, zx, zws, k)
     if corr_zw is None:
         return None
     corr_v, zw_v = corr_zw
@@ -761,14 +681,18 @@ def dense_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetPr
 __all__ = [
     "ANN_FLAT",
     "ANN_INTRIN",
+    "ANN_OUT_PACKED",
+    "ANN_PACK_BYTES",
     "ANN_POS_OUTER",
     "ANN_TILE_M",
     "ANN_TILE_N",
     "X86_FAMILIES",
+    "ConvIO",
     "ConvPlan",
     "DensePlan",
     "choose_tile",
     "conv2d_packed",
+    "conv2d_prepacked",
     "conv_cost",
     "dense_packed",
     "pack_conv_weight",
