@@ -6,6 +6,7 @@
     qcompiler run model.qc --input x.npy --output-dir out/
     qcompiler bench model.qc --runs 100 --threads 2
     qcompiler inspect model.qc            # or an entry point / .pt2 / .qir.json: shows the IR
+    qcompiler inspect mypkg.models:build --kernels --opt-level 3 --target x86-avx512-vnni
     qcompiler tune mypkg.models:build --target x86-avx512-vnni --trials 64 --out records/
     qcompiler compile mypkg.models:build -o model.qc --tuning-records records/
 
@@ -160,8 +161,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                       f"{io.get('qdtype') or ''} {io.get('qparams') or ''}")
         kernels = m.get("kernels", [])
         print(f"kernels ({len(kernels)}):")
-        for k in kernels:
-            print("  " + "  ".join(f"{key}={val}" for key, val in k.items()))
+        print(format_kernel_table([
+            {"name": k.get("name"), "anchor": k.get("op"),
+             "epilogue": list(k.get("ops", []))[1:], "layouts": k.get("layouts"),
+             "strategy": k.get("strategy"), "schedule": k.get("schedule"),
+             "calls": k.get("calls")} for k in kernels]))
         if m.get("graph_ir"):
             print(m["graph_ir"])
         if args.profile:
@@ -179,10 +183,49 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from qcompiler.frontends import from_torch
 
         graph = from_torch(model, inputs)
+    if args.kernels:
+        from qcompiler.passes.layout import kernel_summary
+        from qcompiler.passes.pipelines import kernel_groups, optimize
+        from qcompiler.target import get_target
+
+        graph = optimize(graph, args.opt_level, get_target(args.target))
+        groups = kernel_groups(graph, args.opt_level)
+        if groups is None:  # below kernel grouping: one kernel per node
+            from qcompiler.passes.group_kernels import NodeGroup
+
+            groups = [NodeGroup((n,)) for n in graph.nodes if n.op != "const"]
+        print(f"kernels after the opt_level {args.opt_level} pipeline for {args.target}"
+              f" ({len(groups)}):")
+        print(format_kernel_table([kernel_summary(graph, g.nodes, g.anchor) for g in groups]))
+        return 0
     print(graph)
     counts = graph.op_counts()
     print("op counts: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     return 0
+
+
+def format_kernel_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The kernels view of `inspect`: one line per kernel with its anchor op, the epilogue ops
+    fused into it, and the layouts it reads and writes (NCHW4c: packed x86 activations)."""
+    def layouts(r: dict[str, Any]) -> str:
+        lay = r.get("layouts") or {}
+        return f"{','.join(lay.get('in', [])) or '-'} -> {','.join(lay.get('out', [])) or '-'}"
+
+    cols = [("kernel", lambda r: str(r.get("name") or "")),
+            ("anchor", lambda r: str(r.get("anchor") or "")),
+            ("epilogue", lambda r: "+".join(r.get("epilogue") or []) or "-"),
+            ("layouts", layouts)]
+    if any("strategy" in r for r in rows):
+        cols += [("strategy", lambda r: str(r.get("strategy") or "-")),
+                 ("schedule", lambda r: str(r.get("schedule") or "-")),
+                 ("calls", lambda r: str(r.get("calls") or ""))]
+    if not any(r.get("name") for r in rows):
+        cols = cols[1:]
+    cells = [[f(r) for _, f in cols] for r in rows]
+    widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, (h, _) in enumerate(cols)]
+    lines = ["  " + "  ".join(h.ljust(w) for (h, _), w in zip(cols, widths))]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -246,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--example-input", action="append", default=[])
     i.add_argument("--input", action="append", default=[])
     i.add_argument("--profile", action="store_true", help="also run and show per-kernel times")
+    i.add_argument("--kernels", action="store_true", help="model sources: show the kernels"
+                   " (anchor op, fused epilogue, layouts) the pipeline makes, instead of the IR")
+    i.add_argument("--target", default="host", help="with --kernels: target preset")
+    i.add_argument("--opt-level", type=int, default=2, choices=[0, 1, 2, 3],
+                   help="with --kernels: pipeline level (3: packed layouts on x86 VNNI)")
     i.set_defaults(fn=cmd_inspect)
 
     t = sub.add_parser(

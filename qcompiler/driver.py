@@ -291,6 +291,11 @@ def make_manifest(
         )
         inputs.append(_io_entry(name, v.type, kind))
     outputs = [_io_entry(name, v.type, None) for name, v in zip(out_names, graph.outputs)]
+    from qcompiler.passes.layout import kernel_summary
+
+    first_call = {}
+    for k in lowered.kernels:
+        first_call.setdefault(k.func.name, k)
     kernels = [
         {
             "name": kf.name,
@@ -300,6 +305,9 @@ def make_manifest(
             "schedule": kf.rule,
             "strategy": kf.strategy,
             "calls": kf.calls,
+            "layouts": kernel_summary(graph, first_call[kf.name].group.nodes,
+                                      first_call[kf.name].group.anchor)["layouts"]
+            if kf.name in first_call else None,
         }
         for kf in lowered.funcs
     ]
