@@ -103,6 +103,8 @@ ANN_PHASES = "qc.x86_dw_phases"
 ANN_ROWS = "qc.x86_dw_rows"
 """Output rows per register tile."""
 ANN_VALID = "qc.x86_dw_valid"
+ANN_PAD_COLS = "qc.x86_dw_pad_cols"
+"""(left padding, input columns) of a padded input row."""
 """Lanes per phase vector that are output columns (`DwPlan.valid`)."""
 
 MAX_GROUP_CHANNELS = 8
@@ -474,7 +476,8 @@ def depthwise_packed(op: OpDef, sig: Sig, inputs: Sequence[Any], target: TargetP
         return te.sum(xv * wp[oc, rcg, rkh, rkg, rk].astype("int32"),
                       axis=[rcg, rkh, rkg, rk])
 
-    ann = {ANN_KERNEL: kern.name, ANN_PHASES: P, ANN_ROWS: plan.rows, ANN_VALID: V}
+    ann = {ANN_KERNEL: kern.name, ANN_PHASES: P, ANN_ROWS: plan.rows, ANN_VALID: V,
+           ANN_PAD_COLS: (pw, W)}
     dot = te.compute((N, o, plan.oh, plan.tiles, P, LT), dot_body, name=DW_DOT, attrs=ann)
     # NOTE: te.sum's `init` (the corrections as the accumulator's start) is dropped by
     # create_prim_func (the init block stores 0), hence the view
@@ -599,7 +602,7 @@ class DepthwiseInt8X86(ScheduleRule):
         sch.unroll(d_r)
         sch.unroll(d_v)
         if pad is not None:
-            vectorize_inner(sch, sch.get_loops(pad)[-1], 64)
+            _schedule_pad(sch, pad, tuple(int(v) for v in ann[ANN_PAD_COLS]))
         vectorize_inner(sch, sch.get_loops(req)[-1], vec)
         if P == 1:
             vectorize_inner(sch, sch.get_loops(inter)[-1], vec)
@@ -608,6 +611,21 @@ class DepthwiseInt8X86(ScheduleRule):
         if i_loop is not None:
             sch.tensorize(i_loop, interleave_intrin(P, valid, lt))
         return sch
+
+
+def _schedule_pad(sch: Schedule, block: Any, cols: tuple[int, ...]) -> None:
+    """The padded plane's rows in three column ranges (left padding, the input row, right
+    padding), so that the middle one is a plain vector copy (no per-lane selects or masked
+    loads), each vectorized as a whole (LLVM splits it into 64-byte vectors)."""
+    loop = sch.get_loops(block)[-1]
+    ext = loop_extent(sch, loop)  # the columns the dot reads (compute_at), <= the plane's
+    if ext is None:
+        return
+    left, mid = min(cols[0], ext), min(cols[1], max(ext - cols[0], 0))
+    sizes = [c for c in (left, mid, ext - left - mid) if c > 0]
+    parts = sch.loop_partition(loop, [*sizes[:-1], None]) if len(sizes) > 1 else [loop]
+    for part in parts:  # NOTE: a partition does not start at 0, so it cannot be split
+        attempt(sch, lambda t, lp=part: t.vectorize(lp))
 
 
 __all__ = [
