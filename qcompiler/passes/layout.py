@@ -6,7 +6,11 @@ the layout its consumers read, so that consecutive convs pass NCHW4c to each oth
 transforms remain only where a consumer cannot read it (pools, depthwise convs, linears,
 graph outputs) or a producer cannot write it (graph inputs, pools):
 
-    x86.conv2d_packed(...) -> value v          v is NCHW4c iff every use accepts NCHW4c
+    producers that may write NCHW4c (`_writers`): x86 convs of the channel-lane plan
+        (w_layout OIHW16o4i; position-lane convs too with `position_lanes`), element-wise
+        ops of `PACKED_ELEMENTWISE` with such an input and no input from a conv path that
+        does not write NCHW4c (that would put a transform between convs)
+    such a producer's value v is NCHW4c iff every use accepts NCHW4c
     use (u, i) accepts NCHW4c iff
         u is x86.conv2d_packed and i is its input x                  (any x_layout)
         u is x86.conv2d_packed and i its residual, and u's output is NCHW4c
@@ -15,6 +19,10 @@ graph outputs) or a producer cannot write it (graph inputs, pools):
         u is a layout_transform NCHW4c -> NCHW                        (a previous run's)
         u is an op registered in `PACKED_READERS` for position i      (other helpers' ops)
     a graph output never accepts (outputs are NCHW).
+
+Position-lane convs (1x1 convs, the stem, wide rows: lanes = 16 output positions of one
+channel) write NCHW by default: interleaving 4 channels into NCHW4c words costs them more than
+their consumers save (measured, docs/lowering.md); their consumers read NCHW as before.
 
 Element-wise ops between convs (ResNet's `qnn.add_relu` of two conv paths, a `qnn.relu`, a
 `qnn.clamp`) run on the packed layout when their output is packed and some input is: they are
@@ -85,11 +93,39 @@ def _is_pack(node: Node) -> bool:
     return node.op == "layout_transform" and node.attrs.src == NCHW
 
 
-def choose_packed(graph: Graph) -> set[int]:
+FREE, BOUNDARY, REFUSES = "free", "boundary", "refuses"
+
+
+def _writers(graph: Graph, position_lanes: bool) -> dict[int, str]:
+    """Producer node id -> FREE (may write NCHW4c at no cost), BOUNDARY (not a conv path: a
+    pool, a graph input; a transform after it is a boundary transform) or REFUSES (a conv
+    path that should not write NCHW4c). Convs of the position-lane plan (w_layout OIHW4i)
+    refuse unless `position_lanes`; an element-wise op is FREE when some input is FREE and
+    none REFUSES (else a transform would sit between convs), REFUSES when some input does."""
+    kinds: dict[int, str] = {}
+
+    def kind(v: Value) -> str:
+        return BOUNDARY if v.producer is None else kinds.get(id(v.producer), BOUNDARY)
+
+    for node in graph.nodes:
+        if node.op == "x86.conv2d_packed":
+            free = position_lanes or node.attrs.w_layout == "OIHW16o4i"
+            kinds[id(node)] = FREE if free else REFUSES
+        elif node.op == "layout_transform":           # dissolved by the rebuild
+            kinds[id(node)] = kind(node.inputs[0])
+        elif _elementwise_ok(node):
+            ks = {kind(v) for v in node.inputs}
+            kinds[id(node)] = (REFUSES if REFUSES in ks else FREE if FREE in ks else BOUNDARY)
+    return kinds
+
+
+def choose_packed(graph: Graph, position_lanes: bool = False) -> set[int]:
     """ids of the (old) values that should be NCHW4c: outputs of convs, packed element-wise
-    ops and pack transforms, decided users-first (module doc)."""
+    ops and pack transforms, decided users-first (module doc). `position_lanes`: let convs
+    of the position-lane plan write NCHW4c too (`SelectLayout.position_lanes`)."""
     packed: set[int] = set()
     out_ids = {id(v) for v in graph.outputs}
+    writers = _writers(graph, position_lanes)
 
     def accepts(v: Value) -> bool:
         if id(v) in out_ids:
@@ -114,7 +150,7 @@ def choose_packed(graph: Graph) -> set[int]:
         return True
 
     for node in reversed(graph.nodes):
-        if node.op in ("x86.conv2d_packed", "layout_transform") or _elementwise_ok(node):
+        if writers.get(id(node)) == FREE or _is_pack(node):
             out = node.outputs[0]
             if accepts(out):
                 packed.add(id(out))
@@ -141,6 +177,11 @@ class SelectLayout(Pass):
     """
 
     name: ClassVar[str] = "select-layout"
+    position_lanes: bool = False
+    """Let convs of the position-lane plan (w_layout OIHW4i: 1x1 convs, the stem, wide rows)
+    write NCHW4c too. Off: their requantized tile holds 16 positions of one channel, and
+    interleaving 4 channels per word costs them more than NCHW4c saves their consumers
+    (measured, docs/lowering.md)."""
 
     def run(self, graph: Graph) -> bool:
         if not any(n.op == "x86.conv2d_packed" for n in graph.nodes):
@@ -148,7 +189,7 @@ class SelectLayout(Pass):
         from qcompiler.ir.printer import print_graph
 
         before = print_graph(graph)
-        packed = choose_packed(graph)
+        packed = choose_packed(graph, self.position_lanes)
         new = _rebuild(graph, packed)
         graph.inputs, graph.nodes, graph.outputs = new.inputs, new.nodes, new.outputs
         graph.constants = new.constants

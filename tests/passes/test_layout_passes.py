@@ -235,3 +235,31 @@ def test_depthwise_and_non_constant_weights_are_left_alone() -> None:
     g = b.finish(z)
     assert not PrepackX86Conv().run(g)
     assert not SelectLayout().run(g)
+
+
+def _pointwise_then_3x3() -> Graph:
+    rng = np.random.default_rng(2)
+    b = Builder("pw")
+    x = b.input("x", TensorType((1, 16, 8, 8), u8, QParams.per_tensor(0.02, 5)))
+    y = _conv(b, rng, x, 64, k=1, op="qnn.conv2d_relu", name="pw")
+    z = _conv(b, rng, y, 64, name="conv")
+    return b.finish(_conv(b, rng, z, 64, name="conv2"))
+
+
+@pytest.mark.parametrize("position_lanes", [False, True])
+def test_position_lane_convs_write_nchw_unless_asked(position_lanes: bool) -> None:
+    """The 1x1 conv's plan has lanes = positions (OIHW4i): writing NCHW4c costs it a byte
+    interleave, so by default it writes NCHW and its consumer packs (docs/passes.md)."""
+    g0 = _pointwise_then_3x3()
+    g = prepacked(g0)
+    convs = {n.outputs[0].name: n for n in g.nodes if n.op == "x86.conv2d_packed"}
+    assert convs["pw"].attrs.w_layout == "OIHW4i"
+    assert convs["conv"].attrs.w_layout == "OIHW16o4i"
+    SelectLayout(position_lanes=position_lanes).run(g)
+    convs = {n.outputs[0].name: n.attrs for n in g.nodes if n.op == "x86.conv2d_packed"}
+    assert convs["pw"].out_layout == ("NCHW4c" if position_lanes else "NCHW")
+    assert convs["conv"].out_layout == "NCHW4c"        # channel lanes: chained packed
+    assert convs["conv2"].x_layout == "NCHW4c"
+    assert not any(n.op == "layout_transform" for n in g.nodes)
+    assert_same_outputs(g0, g, range(1))
+    assert not SelectLayout(position_lanes=position_lanes).run(g)

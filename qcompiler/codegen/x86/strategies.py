@@ -42,8 +42,14 @@ into int32 words of G consecutive input channels (zx in padding taps, 0 in paddi
         dot [N][OCp][OH][OWp]; requantize on NCHW, stored as it is
     linear: weights [Np/L][Kp/G][L][G]; activations [Mp][Kp/G]; dot [Mp][Np/L][L]
 
-`conv_cost` picks the conv layout. A layout pass that keeps packed activations between convs
-would remove the packing stage (docs/lowering.md).
+`conv_cost` picks the conv layout (codegen/x86_plan.py, shared with the prepack pass).
+
+**Prepacked convs** (`x86.conv2d_packed`, opt_level 3: passes/prepack.py, passes/layout.py):
+the weights and `corr` are IR constants in the layouts above; x, the residual and the output
+may be NCHW4c ([N][C/4][H][W][4] bytes). An NCHW4c x is not packed into words: the `pack`
+stage copies its bytes with the zx borders into [...][G] and the byte intrinsics
+(intrin_u8.py) read it; an NCHW4c output is written from the requantized grid by the `out`
+stage. `conv2d_packed` and `conv2d_prepacked` share `_conv_te`.
 
 Block names the rules look for (`CONV_*`, `DENSE_*`) and the register tile chosen here travel
 as block annotations on the dot block (`ANN_*`).
