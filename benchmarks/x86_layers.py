@@ -3,6 +3,7 @@
     python3 benchmarks/x86_layers.py                       # every layer case, 1 and 2 threads
     python3 benchmarks/x86_layers.py --cases 'r18_*' --threads 1
     python3 benchmarks/x86_layers.py --target x86-avx2     # the exact pmaddwd path
+    python3 benchmarks/x86_layers.py --cases 'mv2_dw*' --ort   # + ONNX Runtime (QLinearConv)
 
 A quick look for the engineer tuning codegen/x86 (benchmarks/run.py is the full, interleaved,
 one-process-per-engine comparison with ONNX Runtime). Per case: compile the one-op graph of
@@ -12,10 +13,15 @@ check it against `qcompiler.interpret` (bit-exact, or the script fails), then ti
     qcompiler   the kernel function(s) called directly (no VM), and the VM's `main` called
                 from Python (what a user pays per call)
     torch-x86   torch.ops.quantized.conv2d / linear on weights prepacked for the x86 engine
+    ort         with --ort: ONNX Runtime's QLinearConv / QGemm model of benchmarks/run.py
+                (`ort-qlinear`), one session per thread count, in this process too
 
-Both are run in alternating rounds; each round's time is the median of many back-to-back
-calls, and the report gives the median over rounds and the best round, as GMAC/s. On a shared
-machine read "best" next to "median" (docs/tvm-0.27-notes.md recipe 9).
+All are run in alternating rounds; each round's time is the median of many back-to-back
+calls, and the report gives the median over rounds and the best round, as GMAC/s, and
+`qc/best` = best peer median time / qc-vm median time (> 1: qcompiler is faster). Depthwise
+cases run on 7-bit activations (benchmarks/cases.py: PyTorch's fbgemm depthwise kernel
+saturates above); qcompiler is exact on full-range data too. On a shared machine read "best"
+next to "median" (docs/tvm-0.27-notes.md recipe 9).
 """
 
 from __future__ import annotations
@@ -74,6 +80,16 @@ def _torch_fn(data: C.LayerData):
     return lambda: run(qx, packed, scale, zp)
 
 
+def _ort_fn(case: C.LayerCase, threads: int, workdir: str):
+    """ONNX Runtime's QLinearConv / QGemm session for `case` (benchmarks/engines/ort_engine.py),
+    checked against the interpreter within 1 LSB as run.py does."""
+    from benchmarks.engines.ort_engine import OrtQLinear
+
+    eng = OrtQLinear(case, threads, workdir, {})
+    eng.setup()
+    return eng.call
+
+
 def _kernel_fn(res, x: np.ndarray):
     """Call every kernel of the build once, directly (no VM): what the generated code costs."""
     import tvm
@@ -116,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-time", type=float, default=0.2)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--ort", action="store_true", help="also time ONNX Runtime (QLinearConv)")
     args = ap.parse_args(argv)
 
     import torch
@@ -124,14 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     import qcompiler as qc
     from qcompiler.driver import build
 
+    import tempfile
+
     threads = [int(t) for t in args.threads.split(",")]
+    workdir = tempfile.TemporaryDirectory(prefix="qc_x86_layers_")
     set_pool = tvm.get_global_func("runtime.config_threadpool")
     cases = [c for c in C.select_cases(args.cases) if isinstance(c, C.LayerCase)]
     print(f"target {args.target}; GMAC/s median / best of {args.rounds} rounds; "
           f"qc-kernel = the kernels called directly, qc-vm = VM main from Python; "
-          f"qc/torch = torch median / qc-vm median")
+          f"qc/best = best peer median / qc-vm median")
     header = (f"{'case':24s} {'shape':34s} thr  {'qc-kernel':>15s} {'qc-vm':>15s} "
-              f"{'torch-x86':>15s}  qc/torch")
+              f"{'torch-x86':>15s} {'ort' if args.ort else '':>15s}  qc/best")
     print(header)
     failed = False
     for case in cases:
@@ -155,15 +175,20 @@ def main(argv: list[str] | None = None) -> int:
         for nt in threads:
             set_pool(1, nt)
             torch.set_num_threads(nt)
-            qk, qvm, tt = [], [], []
+            ofn = _ort_fn(case, nt, workdir.name) if args.ort else None
+            qk, qvm, tt, ot = [], [], [], []
             for _ in range(args.rounds):  # alternate the engines, round by round
                 qk += _time_rounds(kfn, 1, args.min_time)
                 qvm += _time_rounds(vfn, 1, args.min_time)
                 if tfn is not None:
                     tt += _time_rounds(tfn, 1, args.min_time)
-            ratio = f"{np.median(tt) / np.median(qvm):5.2f}x" if tt else ""
+                if ofn is not None:
+                    ot += _time_rounds(ofn, 1, args.min_time)
+            peers = [float(np.median(p)) for p in (tt, ot) if p]
+            ratio = f"{min(peers) / np.median(qvm):5.2f}x" if peers else ""
+            ort_col = _fmt(gmac, ot) if args.ort else ""
             print(f"{case.name:24s} {case.summary():34s} {nt:>3d}  {_fmt(gmac, qk)} "
-                  f"{_fmt(gmac, qvm)} {_fmt(gmac, tt)}  {ratio}", flush=True)
+                  f"{_fmt(gmac, qvm)} {_fmt(gmac, tt)} {ort_col:>15s}  {ratio}", flush=True)
         print(f"{'':24s} exact={exact} rules={rules} compile={t_compile:.1f}s", flush=True)
     return 1 if failed else 0
 
