@@ -17,7 +17,7 @@ graph outputs) or a producer cannot write it (graph inputs, pools):
         u is an element-wise op of `PACKED_ELEMENTWISE` (equal shapes, per-tensor qparams),
             and u's output is NCHW4c by the same rule (so a relu before a pool stays NCHW)
         u is a layout_transform NCHW4c -> NCHW                        (a previous run's)
-        u is an op registered in `PACKED_READERS` for position i      (other helpers' ops)
+        u is an op registered with `register_layout_op` reading position i  (other modules)
     a graph output never accepts (outputs are NCHW).
 
 Position-lane convs (1x1 convs, the stem, wide rows: lanes = 16 output positions of one
@@ -57,10 +57,33 @@ PACKED_ELEMENTWISE: frozenset[str] = frozenset({
 """Element-wise ops that compute the same per-element function in any layout (no broadcasting,
 no per-channel parameters, no position-dependent rounding), so they may run on NCHW4c."""
 
-PACKED_READERS: dict[str, Callable[[Node], tuple[int, ...]]] = {}
-"""op -> (node -> input positions that can read NCHW4c as they are). The hook for ops of other
-modules (e.g. a depthwise conv whose kernel reads NCHW4c): register the op here and make its
-lowering accept the 5-D input; the pass then feeds it packed values without a transform."""
+@dataclass(frozen=True)
+class LayoutAwareOp:
+    """How an op of another module takes part in layout selection (`register_layout_op`).
+
+    The op's type rule must accept the 5-D NCHW4c form at the `reads` positions (and give a
+    5-D output when `relayout` asks for one), and its lowering must compute on it; the pass
+    then feeds it NCHW4c values without a transform and lets its output stay NCHW4c.
+    """
+
+    reads: Callable[[Node], tuple[int, ...]]
+    """node -> input positions that may be NCHW4c."""
+    writes: Callable[[Node], bool] = lambda node: False
+    """node -> whether its output may be NCHW4c (it then counts as a free producer)."""
+    relayout: Callable[[Node, tuple[bool, ...], bool], object] | None = None
+    """(node, which inputs are NCHW4c, output NCHW4c?) -> the node's new attrs; None: the
+    attrs stay and the type rule follows the input shapes."""
+
+
+PACKED_READERS: dict[str, LayoutAwareOp] = {}
+"""op -> its `LayoutAwareOp`: the hook for ops of other modules, e.g. a depthwise conv op
+whose kernel reads and writes NCHW4c (an op with layout attrs, as x86.conv2d_packed has:
+qnn.conv2d's own type rule takes NCHW only). Use `register_layout_op`."""
+
+
+def register_layout_op(op: str, rule: LayoutAwareOp) -> None:
+    """Let select-layout hand NCHW4c values to `op` (see `LayoutAwareOp`)."""
+    PACKED_READERS[op] = rule
 
 
 def is_packed(v: Value) -> bool:
@@ -113,6 +136,8 @@ def _writers(graph: Graph, position_lanes: bool) -> dict[int, str]:
             kinds[id(node)] = FREE if free else REFUSES
         elif node.op == "layout_transform":           # dissolved by the rebuild
             kinds[id(node)] = kind(node.inputs[0])
+        elif node.op in PACKED_READERS:
+            kinds[id(node)] = FREE if PACKED_READERS[node.op].writes(node) else BOUNDARY
         elif _elementwise_ok(node):
             ks = {kind(v) for v in node.inputs}
             kinds[id(node)] = (REFUSES if REFUSES in ks else FREE if FREE in ks else BOUNDARY)
@@ -143,8 +168,8 @@ def choose_packed(graph: Graph, position_lanes: bool = False) -> set[int]:
                 if id(user.outputs[0]) in packed:
                     continue
                 return False
-            reader = PACKED_READERS.get(user.op)
-            if reader is not None and i in reader(user):
+            rule = PACKED_READERS.get(user.op)
+            if rule is not None and i in rule.reads(user):
                 continue
             return False
         return True
@@ -252,6 +277,16 @@ def _rebuild(graph: Graph, packed: set[int]) -> Graph:
             ins = [packed_of(v) for v in node.inputs]
             attrs = node.attrs
             channels = env[id(node.inputs[0])].channels
+        elif node.op in PACKED_READERS:
+            rule = PACKED_READERS[node.op]
+            reads = rule.reads(node)
+            ins = [(env[id(v)].packed or nchw(v)) if i in reads else nchw(v)
+                   for i, v in enumerate(node.inputs)]
+            want_packed = want_packed and rule.writes(node)
+            flags = tuple(is_packed(v) for v in ins)
+            attrs = (node.attrs if rule.relayout is None
+                     else rule.relayout(node, flags, want_packed))
+            channels = 0
         else:
             want_packed = False
             ins = [nchw(v) for v in node.inputs]
@@ -308,17 +343,19 @@ def packed_operands(node: Node) -> tuple[int, ...]:
         return (0,) if r is None else (0, r)
     if _elementwise_ok(node):
         return tuple(range(len(node.inputs)))
-    reader = PACKED_READERS.get(node.op)
-    return reader(node) if reader is not None else ()
+    rule = PACKED_READERS.get(node.op)
+    return rule.reads(node) if rule is not None else ()
 
 
 __all__ = [
     "PACKED_ELEMENTWISE",
     "PACKED_READERS",
+    "LayoutAwareOp",
     "SelectLayout",
     "choose_packed",
     "is_packed",
     "kernel_summary",
     "packed_operands",
+    "register_layout_op",
     "value_layout",
 ]

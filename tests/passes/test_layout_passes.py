@@ -14,12 +14,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qcompiler.ir import Builder, QParams, TensorType, f32, i8, parse, print_graph, u8, verify
-from qcompiler.ir.graph import Graph, Value
+from qcompiler.ir.graph import Graph, Node, Value
+from qcompiler.ops.activation import OutQAttrs
 from qcompiler.ops.conv import ConvAttrs
 from qcompiler.ops.elementwise import QBinaryAttrs
 from qcompiler.ops.layout import pack_nchw4c, unpack_nchw4c, unpack_weight
 from qcompiler.ops.pool import AdaptivePoolAttrs, MaxPoolAttrs
-from qcompiler.passes.layout import PACKED_READERS, SelectLayout, choose_packed, packed_operands
+from qcompiler.passes.layout import (
+    PACKED_ELEMENTWISE,
+    PACKED_READERS,
+    LayoutAwareOp,
+    SelectLayout,
+    packed_operands,
+    register_layout_op,
+)
 from qcompiler.passes.manager import Pipeline
 from qcompiler.passes.pipelines import copy_graph, pipeline
 from qcompiler.passes.prepack import PrepackX86Conv
@@ -190,18 +198,35 @@ def test_relu_before_a_pool_stays_nchw() -> None:
     assert all(n.outputs[0].type.rank == 4 for n in g.nodes if n.op == "qnn.max_pool2d")
 
 
-def test_packed_readers_hook() -> None:
-    """Other modules' ops can declare NCHW4c operands (e.g. a depthwise conv that reads it)."""
-    g = prepacked(block_graph())
-    pool = next(n for n in g.nodes if n.op == "qnn.adaptive_avg_pool2d")
-    assert packed_operands(pool) == ()
-    before = len(choose_packed(g))
-    PACKED_READERS["qnn.adaptive_avg_pool2d"] = lambda node: (0,)
+def test_layout_aware_op_hook() -> None:
+    """Ops of other modules can read and write NCHW4c (`register_layout_op`); qnn.hardswish
+    stands in for such an op here (element-wise, so its type rule and reference take 5-D)."""
+    rng = np.random.default_rng(4)
+    b = Builder("hook")
+    x = b.input("x", TensorType((1, 64, 8, 8), u8, QParams.per_tensor(0.02, 5)))
+    y = _conv(b, rng, x, 64, name="conv")
+    h = b.op("qnn.hardswish", [y], OutQAttrs(QParams.per_tensor(0.04, 10)), name="hs")
+    g0 = b.finish(b.op("qnn.adaptive_avg_pool2d", [_conv(b, rng, h, 64, name="conv2")],
+                       AdaptivePoolAttrs((1,)), name="gap"))
+    assert "qnn.hardswish" not in PACKED_ELEMENTWISE
+
+    def hardswish(g: Graph) -> Node:
+        return next(n for n in g.nodes if n.op == "qnn.hardswish")
+
+    assert hardswish(laid_out(g0)).inputs[0].type.rank == 4    # not a reader: NCHW
+    register_layout_op("qnn.hardswish", LayoutAwareOp(reads=lambda n: (0,),
+                                                      writes=lambda n: True))
     try:
-        assert packed_operands(pool) == (0,)
-        assert len(choose_packed(g)) == before + 1      # conv4 may now write NCHW4c
+        assert packed_operands(hardswish(g0)) == (0,)
+        lay = laid_out(g0)
+        assert hardswish(lay).inputs[0].type.rank == 5          # fed NCHW4c
+        assert hardswish(lay).outputs[0].type.rank == 5         # and writes it
+        conv2 = next(n for n in lay.nodes if n.outputs[0].name == "conv2")
+        assert conv2.attrs.x_layout == "NCHW4c"
+        assert not any(n.op == "layout_transform" for n in lay.nodes)
+        assert_same_outputs(g0, lay, range(1))
     finally:
-        del PACKED_READERS["qnn.adaptive_avg_pool2d"]
+        PACKED_READERS.pop("qnn.hardswish", None)
 
 
 def test_layout_transform_numpy_helpers_round_trip() -> None:
