@@ -2,8 +2,8 @@
 `qc.interpret`, the rule and strategy apply, and the dot instruction is in the assembly.
 
 Reduced MobileNetV2 shapes (3x3 s1 and s2) plus strides 4, kernels 1/5/7, paddings 0..3, odd
-sizes (OW not a whole number of tiles), a channel multiplier of 2, grouped convs with 2 and 4
-channels per group, relu; weights per tensor / per channel, symmetric (oneDNN epilogue for
+sizes (OW not a whole number of tiles), rows wider than one tile, batch 2, H dilation, a
+channel multiplier of 2, grouped convs with 2 and 4 channels per group, relu; weights per tensor / per channel, symmetric (oneDNN epilogue for
 groups <= 100) and affine with zero points at -128 / 127 (fbgemm epilogue; w - zw leaves int8,
 so the VNNI target takes the int16 pmaddwd kernel), depthwise with > 100 groups (fbgemm);
 full-range activations (0..255, many at 0 and 255), activation zero points 0 and 255, huge
@@ -50,13 +50,14 @@ class Cases(VnniCases):
 
 def add_dw(cs: Cases, rng: np.random.Generator, name: str, *, c: int, hw: tuple[int, int],
            k: int, stride: int = 1, pad: int = 0, groups: int | None = None, mult: int = 1,
-           dilation: int = 1, weight: str = "pc-sym", relu: bool = False, zx: int = 11,
-           huge_bias: bool = False, covered: tuple[str, ...] = tuple(TARGETS)) -> None:
+           dilation: tuple[int, ...] = (1,), weight: str = "pc-sym", relu: bool = False,
+           zx: int = 11, huge_bias: bool = False, batch: int = 1,
+           covered: tuple[str, ...] = tuple(TARGETS)) -> None:
     b = cs.builder
     groups = c if groups is None else groups
     o = c * mult if groups == c else c
-    x = b.input(f"x_{name}", TensorType((1, c, *hw), u8, QParams.per_tensor(0.03, zx)))
-    cs.inputs.append(_x(rng, (1, c, *hw)))
+    x = b.input(f"x_{name}", TensorType((batch, c, *hw), u8, QParams.per_tensor(0.03, zx)))
+    cs.inputs.append(_x(rng, (batch, c, *hw)))
     wa = _weight(rng, (o, c // groups, k, k))
     w = b.const(wa, TensorType(wa.shape, i8, _wq(rng, weight, o)), f"w_{name}")
     bias = (rng.standard_normal(o) * 3).astype(np.float32)
@@ -64,7 +65,7 @@ def add_dw(cs: Cases, rng: np.random.Generator, name: str, *, c: int, hw: tuple[
     if huge_bias:  # |bias / so| around 2**31: fbgemm's INT32_MIN trap next to saturation
         bias[:] = (np.resize(np.array([3e9, -3e9, 2e9, -2e9, 6e8]), o) * so).astype(np.float32)
     ins = [x, w, b.const(bias, TensorType((o,), f32), f"b_{name}")]
-    attrs = ConvAttrs(QParams.per_tensor(so, 120), (stride,), (pad,), (dilation,), groups)
+    attrs = ConvAttrs(QParams.per_tensor(so, 120), (stride,), (pad,), dilation, groups)
     op = "qnn.conv2d_relu" if relu else "qnn.conv2d"
     cs.outputs.append(b.op(op, ins, attrs, name=name))
     cs.names.append(name)
@@ -90,7 +91,9 @@ def make_cases() -> Cases:
     add_dw(cs, rng, "k5_s1_p2", c=8, hw=(11, 70), k=5, pad=2)
     add_dw(cs, rng, "k7_s2_p3", c=4, hw=(15, 13), k=7, stride=2, pad=3, weight="pc-aff")
     add_dw(cs, rng, "k1", c=8, hw=(3, 5), k=1)
-    add_dw(cs, rng, "k3_nopad_hdil", c=8, hw=(10, 10), k=3)
+    add_dw(cs, rng, "k3_nopad_hdil", c=8, hw=(10, 10), k=3, dilation=(2, 1))
+    # batch 2; OW = 300 needs more than 4 vectors per phase: 5 tiles of 64 columns, copied out
+    add_dw(cs, rng, "batch2_wide", c=8, hw=(4, 300), k=3, pad=1, batch=2)
     add_dw(cs, rng, "tiny", c=8, hw=(2, 2), k=3, pad=1, relu=True)
     # channel multiplier 2, grouped convs with 2 and 4 channels per group
     add_dw(cs, rng, "mult2", c=8, hw=(8, 8), k=3, pad=1, mult=2)
@@ -98,7 +101,7 @@ def make_cases() -> Cases:
     add_dw(cs, rng, "groups_cg4_s2", c=16, hw=(9, 9), k=3, stride=2, pad=1, groups=4,
            weight="pc-aff")
     # not covered: W dilation, W stride 3 (the generic lowering takes them)
-    add_dw(cs, rng, "dilation2", c=8, hw=(9, 9), k=3, pad=2, dilation=2, covered=())
+    add_dw(cs, rng, "dilation2", c=8, hw=(9, 9), k=3, pad=2, dilation=(2,), covered=())
     add_dw(cs, rng, "stride3", c=8, hw=(10, 10), k=3, stride=3, pad=1, covered=())
     cs.builder.finish(*cs.outputs)
     return cs
