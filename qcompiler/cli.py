@@ -229,11 +229,12 @@ def format_kernel_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from qcompiler.tuning.measure import load
     from qcompiler.tuning.search import tune
 
     t0 = time.perf_counter()
     _progress(f"loading {args.source}", args.quiet)
-    model, inputs = load_source(args.source, args.example_input)
+    model, inputs = load(args.source, args.example_input)
     report = tune(
         model, inputs or None, target=args.target, trials=args.trials, out=args.out,
         only=args.only, all_kernels=args.all_kernels, num_threads=args.threads or None,
@@ -305,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs; a candidate is recorded only when it is also faster. Kernels with float "
         "reductions and opaque kernels are never tuned. `qcompiler compile --tuning-records "
         "OUT` applies the records. See docs/tuning.md.")
-    t.add_argument("source", help="module:function, model.pt2 or graph.qir.json")
+    t.add_argument("source", help="module:function, model.pt2 or graph.qir.json; or "
+                   "zoo:<name>[:<flow>] for a model of qcompiler.testing.zoo")
     t.add_argument("--target", default="host", help="target preset (default: host); tuning "
                    "runs the kernels, so this machine must be able to run its code")
     t.add_argument("--trials", type=int, default=32, help="candidates measured per kernel "
@@ -316,9 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "'qnn_conv_transpose2d*' (names as in the tune report)")
     t.add_argument("--all-kernels", action="store_true", help="also tune hand-scheduled and "
                    "element-wise kernels (default: reduction kernels the generic rules schedule)")
-    t.add_argument("--min-speedup", type=float, default=1.0, help="record a candidate only if "
-                   "it is this many times faster than the rules' schedule (default 1.0; 0 keeps "
-                   "any verified candidate)")
+    t.add_argument("--min-speedup", type=float, default=1.05, help="record a candidate only "
+                   "if it is this many times faster than the rules' schedule (medians of "
+                   "alternating timings; default 1.05; 0 keeps any verified candidate)")
     t.add_argument("--threads", type=int, default=0, help="threads to measure with (default: "
                    "every CPU this process may use)")
     t.add_argument("--seed", type=int, default=0)

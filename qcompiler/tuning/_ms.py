@@ -83,7 +83,9 @@ def normalize(func: PrimFunc) -> IRModule:
 
 
 def structural_hash(func: PrimFunc) -> int:
-    return int(tvm_ffi.structural_hash(normalize(func)))
+    """The record key of an unscheduled kernel (equal to the hash of `normalize(func)`; hashing
+    mutates nothing, so no copy)."""
+    return int(tvm_ffi.structural_hash(IRModule({"main": func.with_attr("global_symbol", "main")})))
 
 
 def open_database(directory: str) -> Any:
@@ -279,9 +281,9 @@ def tune_one(
         # meta_schedule's default population (512 random schedules, 4 genetic rounds) costs
         # seconds per candidate on multi-block kernels; scale it with the trial budget
         strategy=ms.search_strategy.EvolutionarySearch(
-            population_size=max(32, min(512, 4 * trials)),
+            population_size=max(32, min(512, 2 * trials)),
             init_min_unmeasured=max(8, min(50, trials)),
-            genetic_num_iters=2 if trials < 64 else 4,
+            genetic_num_iters=2 if trials < 256 else 4,
         ),
         num_tuning_cores=1,
         seed=seed,

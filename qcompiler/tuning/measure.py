@@ -24,16 +24,22 @@ from typing import Any
 import numpy as np
 
 
-def load(source: str) -> tuple[Any, tuple[Any, ...]]:
-    """(model, example inputs) of `zoo:<name>[:<flow>]` or a CLI model source."""
+def load(source: str, example_inputs: Sequence[str] = ()) -> tuple[Any, tuple[Any, ...]]:
+    """(model, example inputs) of `zoo:<name>[:<flow>]` (a model of `qcompiler.testing.zoo`,
+    quantized with `flow`, default eager) or a CLI model source (`cli.load_source`)."""
     if source.startswith("zoo:"):
-        from qcompiler.testing.zoo import quantized
+        from qcompiler.errors import QCompilerError
+        from qcompiler.testing.zoo import entry, quantized
 
         _, name, *flow = source.split(":")
+        try:
+            entry(name)
+        except KeyError as e:
+            raise QCompilerError(str(e).strip("'\"")) from None
         return quantized(name, flow[0] if flow else "eager")
     from qcompiler.cli import load_source
 
-    return load_source(source)
+    return load_source(source, example_inputs)
 
 
 def _outputs(cm: Any, inputs: Sequence[Any]) -> list[np.ndarray]:
@@ -69,7 +75,8 @@ def measure(source: str, target: str, records: str | None, rounds: int, threads:
     kernel_us: dict[str, dict[str, list[float]]] = {n: {"rules": [], "tuned": []} for n in names}
     for _ in range(rounds):
         for label, cm in (("rules", base), ("tuned", tuned)):
-            model_us[label].append(cm.benchmark(*inputs, number=20, repeat=5).median_ms * 1e3)
+            bench = cm.benchmark(*inputs, number=20, repeat=5, min_repeat_ms=100)
+            model_us[label].append(bench.median_ms * 1e3)
             prof = {r["name"]: r["mean_us"] for r in cm.profile(*inputs, repeat=20).kernels()}
             for n in names:
                 kernel_us[n][label].append(prof[n])

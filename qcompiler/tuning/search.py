@@ -17,7 +17,8 @@ lowering strategies, so the same unscheduled PrimFunc and hence the same record 
 4. verify: the fastest candidates, best first, run on a random and an extreme-value input
    set; each output must equal the *unscheduled* kernel's bit for bit (NaN equal to NaN).
    A candidate that differs is rejected (counted in the report), the next one is tried.
-5. keep: the verified candidate is recorded only when it is faster than the baseline.
+5. keep: the verified candidate is timed against the baseline in alternation (medians of 5
+   rounds) and recorded only when it is at least `min_speedup` (default 1.05) times faster.
 
 Records go to `<out>/<preset>/` (records.py: a meta_schedule JSON database plus
 `qcompiler-records.json`); tuning again into the same folder adds to it.
@@ -228,8 +229,10 @@ class _Settings:
     number: int = 5
     repeat: int = 5
     min_repeat_ms: int = 20
-    min_speedup: float = 1.0
+    min_speedup: float = 1.05
     """Record a verified candidate only when baseline / tuned >= this."""
+    rounds: int = 5
+    """Alternating baseline/candidate timings the keep-or-not decision takes medians of."""
     candidates: int = 5
     """Fastest candidates verified (in order) before giving up on a kernel."""
 
@@ -290,7 +293,13 @@ def _tune_kernel(lowered: Any, kf: Any, preset: TargetPreset, s: _Settings,
         if not candidate_matches(lib, inputs, want, n_out):
             res.rejected += 1
             continue
-        res.tuned_us = _median_us(lib, inputs[0], s)
+        # the decision: baseline and candidate timed in alternation, medians over rounds (one
+        # measurement each is at the mercy of whatever else runs on the machine)
+        base_t, tuned_t = [], []
+        for _ in range(s.rounds):
+            base_t.append(_median_us(base, inputs[0], s))
+            tuned_t.append(_median_us(lib, inputs[0], s))
+        res.baseline_us, res.tuned_us = float(np.median(base_t)), float(np.median(tuned_t))
         res.seconds = time.perf_counter() - t0
         if res.baseline_us >= s.min_speedup * res.tuned_us:
             res.status = "tuned"
@@ -311,7 +320,7 @@ def _tune_kernel(lowered: Any, kf: Any, preset: TargetPreset, s: _Settings,
 
 
 def _commit(directory: Path, preset: TargetPreset, kf: Any, rec: Any, res: KernelResult,
-            model: str) -> None:
+            model: str, threads: int) -> None:
     import qcompiler
     from qcompiler.lowering.tvm_compat import TVM_VERSION
     from qcompiler.tuning import _ms
@@ -330,6 +339,7 @@ def _commit(directory: Path, preset: TargetPreset, kf: Any, rec: Any, res: Kerne
     entry = {k: v for k, v in asdict(res).items()
              if k in ("name", "op", "kind", "rule", "hash", "baseline_us", "tuned_us", "trials")}
     entry["model"] = model
+    entry["threads"] = threads
     entry["tuned_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     meta["kernels"][str(res.hash)] = entry
     write_meta(directory, meta)
@@ -349,7 +359,7 @@ def tune(
     all_kernels: bool = False,
     num_threads: int | None = None,
     seed: int = 0,
-    min_speedup: float = 1.0,
+    min_speedup: float = 1.05,
     model_name: str = "",
     progress: Progress | None = None,
 ) -> TuneReport:
@@ -406,7 +416,7 @@ def tune(
                                     f"{type(e).__name__}: {str(e)[:200]}"), None
         report.kernels.append(res)
         if rec is not None and directory is not None:
-            _commit(directory, preset, kf, rec, res, model_name)
+            _commit(directory, preset, kf, rec, res, model_name, built.module.num_threads)
         shown = f"{res.speedup:.2f}x" if res.speedup else "-"
         say(f"    -> {res.status} {res.reason} (baseline {res.baseline_us or 0:.2f} us, "
             f"tuned {res.tuned_us or 0:.2f} us, {shown}, {res.seconds:.1f}s)")

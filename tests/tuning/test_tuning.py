@@ -180,3 +180,34 @@ def test_tune_unknown_and_foreign_targets(tmp_path: Path) -> None:
         tune_mod.tune(avg_pool_graph(), trials=0, out=tmp_path)
     assert main(["tune", "tuning_models:pool_graph", "--out", str(tmp_path),
                  "--target", "nope"]) == 2
+
+
+def test_shipped_records_are_the_default(tuned: tuple[Path, object],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from qcompiler.tuning import records
+
+    g = avg_pool_graph()
+    monkeypatch.setattr(records, "SHIPPED_ROOT", tuned[0])
+    assert build(g).lowered.funcs[0].rule == "tuned"
+    assert build(g, tuning_records=False).lowered.funcs[0].rule == "generic_reduction"
+
+
+SHIPPED = sorted(p for p in Path(__file__).resolve().parents[2].joinpath("schedules").glob("*")
+                 if p.is_dir())
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_records_are_well_formed(folder: Path) -> None:
+    """schedules/<preset>/: a known preset, readable meta and database, faster kernels only."""
+    from qcompiler.target import PRESET_NAMES
+    from qcompiler.tuning import _ms
+    from qcompiler.tuning.records import read_meta
+
+    assert folder.name in PRESET_NAMES
+    meta = read_meta(folder)
+    assert meta["target"]["resolved"] == folder.name
+    assert meta["kernels"]
+    for k in meta["kernels"].values():
+        assert 0 < k["tuned_us"] < k["baseline_us"], k
+        assert k["model"], k
+    assert len(_ms.open_database(str(folder))) >= len(meta["kernels"])
