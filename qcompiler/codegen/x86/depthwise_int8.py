@@ -110,7 +110,12 @@ ANN_PAD_COLS = "qc.x86_dw_pad_cols"
 MAX_GROUP_CHANNELS = 8
 """Input channels per group up to which grouped convs use this kernel."""
 MAX_ACCUMULATORS = 16
-"""Accumulator vectors per register tile (phases x rows)."""
+"""Accumulator vectors per register tile (rows x phases x vectors): half of the 32 zmm
+registers; 8 of the 16 ymm ones for 8-lane (AVX2) kernels (`max_accumulators`)."""
+
+
+def max_accumulators(kern: DwKernel) -> int:
+    return MAX_ACCUMULATORS if kern.lanes == 16 else MAX_ACCUMULATORS // 2
 
 
 # --- intrinsics --------------------------------------------------------------------------------
@@ -366,20 +371,20 @@ def kernel_for(target: TargetPreset, w_shifted: np.ndarray) -> DwKernel | None:
     return None
 
 
-def choose_rows(oh: int, accs: int) -> int:
-    """Output rows per tile: the largest divisor of OH with rows * accs <= MAX_ACCUMULATORS
+def choose_rows(oh: int, accs: int, max_acc: int) -> int:
+    """Output rows per tile: the largest divisor of OH with rows * accs <= max_acc
     (accs = accumulator vectors per row)."""
-    return max(r for r in range(1, oh + 1) if oh % r == 0 and r * accs <= MAX_ACCUMULATORS)
+    return max(r for r in range(1, oh + 1) if oh % r == 0 and r * accs <= max_acc)
 
 
-def choose_tile_lanes(ow: int, phases: int, lanes: int) -> tuple[int, int]:
+def choose_tile_lanes(ow: int, phases: int, lanes: int, max_acc: int) -> tuple[int, int]:
     """(vecs, valid): one tile spans the whole row when OW is a multiple of P and needs at most
-    MAX_ACCUMULATORS / P vectors per phase (OW = 56: 4 phases x 14 of 16 lanes, or 2 phases x
-    28 of 32); else tiles of P * L columns (OW padded to whole tiles, the output copied out)."""
+    max_acc / P vectors per phase (OW = 56: 4 phases x 14 of 16 lanes, or 2 phases x 28 of
+    32); else tiles of P * L columns (OW padded to whole tiles, the output copied out)."""
     if ow % phases == 0:
         v = ow // phases
         vecs = math.ceil(v / lanes)
-        if vecs * phases <= MAX_ACCUMULATORS:
+        if vecs * phases <= max_acc:
             return vecs, v
     return 1, lanes
 
@@ -399,9 +404,10 @@ def plan_dw(xs: Sequence[int], ws: Sequence[int], groups: int, stride: Sequence[
     if oh < 1 or ow < 1:
         return None
     phases = G // sw
-    vecs, valid = choose_tile_lanes(ow, phases, kern.lanes)
+    max_acc = max_accumulators(kern)
+    vecs, valid = choose_tile_lanes(ow, phases, kern.lanes, max_acc)
     return DwPlan(n, c, h, w, o, cg, o // groups, kh, kw, (sh, sw), (ph, pw), dh, oh, ow,
-                  kern.lanes, G, phases, choose_rows(oh, phases * vecs), vecs, valid)
+                  kern.lanes, G, phases, choose_rows(oh, phases * vecs, max_acc), vecs, valid)
 
 
 def pack_dw_weight(w_shifted: np.ndarray, plan: DwPlan, dtype: str) -> np.ndarray:
@@ -525,7 +531,7 @@ class DepthwiseInt8X86(ScheduleRule):
        the unrolled rows x phases x vectors accumulators (the register tile), (lane, k)
        tensorized: one load + one `vpdpbusd` (or `vpmaddwd` + add) per accumulator and
        kernel-row tap group;
-    3. the requantize at t, on the tile, vectorized along the lanes;
+    3. the requantize at t, on the tile, vectorized along the lanes, the rest unrolled;
     4. the interleaving store right after it, on the same tile (tensorized: shifts, ors, one
        store of P*valid bytes), the copy to the node's output (when OW is not whole tiles)
        and the group's later element-wise nodes at the row tile;
@@ -604,6 +610,11 @@ class DepthwiseInt8X86(ScheduleRule):
         if pad is not None:
             _schedule_pad(sch, pad, tuple(int(v) for v in ann[ANN_PAD_COLS]))
         vectorize_inner(sch, sch.get_loops(req)[-1], vec)
+        # the requantize's rows, tile, phases and vectors unrolled: each accumulator is
+        # requantized where it is (a register), not stored and reloaded
+        req_loops = sch.get_loops(req)
+        for lp in req_loops[len(req_loops) - 5:len(req_loops) - 1]:
+            attempt(sch, lambda s_, lp=lp: s_.unroll(lp))
         if P == 1:
             vectorize_inner(sch, sch.get_loops(inter)[-1], vec)
         vectorize_blocks(sch, epilogue, 64)
