@@ -135,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ort", action="store_true", help="also time ONNX Runtime (QLinearConv)")
     args = ap.parse_args(argv)
 
+    import tempfile
+
     import torch
     import tvm
 
     import qcompiler as qc
     from qcompiler.driver import build
-
-    import tempfile
 
     threads = [int(t) for t in args.threads.split(",")]
     workdir = tempfile.TemporaryDirectory(prefix="qc_x86_layers_")

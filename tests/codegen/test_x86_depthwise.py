@@ -3,12 +3,12 @@
 
 Reduced MobileNetV2 shapes (3x3 s1 and s2) plus strides 4, kernels 1/5/7, paddings 0..3, odd
 sizes (OW not a whole number of tiles), rows wider than one tile, batch 2, H dilation, a
-channel multiplier of 2, grouped convs with 2 and 4 channels per group, relu; weights per tensor / per channel, symmetric (oneDNN epilogue for
-groups <= 100) and affine with zero points at -128 / 127 (fbgemm epilogue; w - zw leaves int8,
-so the VNNI target takes the int16 pmaddwd kernel), depthwise with > 100 groups (fbgemm);
-full-range activations (0..255, many at 0 and 255), activation zero points 0 and 255, huge
-biases (fbgemm's INT32_MIN trap next to saturation). All cases of one target are one graph,
-compiled once.
+channel multiplier of 2, grouped convs with 2 and 4 channels per group, relu; weights per
+tensor / per channel, symmetric (oneDNN epilogue for groups <= 100) and affine with zero
+points at -128 / 127 (fbgemm epilogue; w - zw leaves int8, so the VNNI target takes the int16
+pmaddwd kernel), depthwise with > 100 groups (fbgemm); full-range activations (0..255, many
+at 0 and 255), activation zero points 0 and 255, huge biases (fbgemm's INT32_MIN trap next to
+saturation). All cases of one target are one graph, compiled once.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ import pytest
 
 pytest.importorskip("tvm")
 
+from test_x86_vnni import Cases as VnniCases  # the x86 tests' graph and value generators
+from test_x86_vnni import _weight, _wq, _x
+
 import qcompiler as qc
 from qcompiler.codegen.x86 import depthwise_int8 as dw
 from qcompiler.driver import BuildResult, build
@@ -27,8 +30,6 @@ from qcompiler.ir.types import QParams, TensorType, f32, i8, u8
 from qcompiler.lowering import tvm_compat as tc
 from qcompiler.ops.conv import ConvAttrs
 from qcompiler.target import get_target, host_arch, host_features
-from test_x86_vnni import Cases as VnniCases  # the x86 tests' graph and value generators
-from test_x86_vnni import _weight, _wq, _x
 
 pytestmark = pytest.mark.tvm
 

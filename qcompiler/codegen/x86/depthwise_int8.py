@@ -6,11 +6,14 @@ along a kernel row (kw) form one reduction step, and the vector lanes are output
 The activation word of lane i is G consecutive bytes (VNNI) or int16 halves (pmaddwd) of one
 input row, so a whole vector of words is one plain unaligned load when consecutive lanes start
 G elements apart: lane i holds output column P*i + r for a fixed *phase* r, with P = G / S
-phases for a W stride S (S must divide G). One register tile is P accumulator vectors per
-output row:
+phases for a W stride S (S must divide G). A tile is P * V output columns of a few rows
+(V valid lanes of LT = a whole number of vectors per phase; one tile spans the row when OW is
+a multiple of P, e.g. OW = 56: 4 phases x 14 of 16 lanes), its rows x P x LT / L accumulator
+vectors stay in registers:
 
-    dot[n, o, oh, t, r, i] = sum_{cg, kh, kg, k} xpad[n, ci, oh*SH + kh*DH, col] * wp[o, cg, kh, kg, k]
-        col = t*L*G + G*i + S*r + G*kg + k     (= ow*S + kw with ow = t*L*P + P*i + r,
+    dot[n, o, oh, t, r, i] = sum_{cg, kh, kg, k} xpad[n, ci, oh*SH + kh*DH, col]
+                                                 * wp[o, cg, kh, kg, k]
+        col = (t*V + i)*G + S*r + G*kg + k     (= ow*S + kw with ow = t*P*V + P*i + r,
                                                  kw = G*kg + k, kw >= KW has weight 0)
 
     VNNI     `vpdpbusd zmm`: c[16] += sum_{k<4} u8 a[4i + k] * s8 b[k]     (G = 4, L = 16)
@@ -21,7 +24,7 @@ output row:
 No activation packing, no shuffles: per 16 outputs and kernel row one load and one
 `vpdpbusd`. The requantize runs on the accumulator tile, and the P phase vectors of u8 results
 are interleaved back into consecutive columns with shifts and ors (`out[P*i + r] = y[r][i]`,
-one 64-byte store per tile; the `interleave` intrinsic).
+one store of P*V bytes per tile row; the `interleave` intrinsic).
 
 **Integer semantics.** With w' = w - zw[o] (per output channel, folded into the packed weights;
 it fits int8 for symmetric weights, else the int16 pmaddwd kernel is used),
@@ -36,8 +39,8 @@ int32 for T <= 32895 taps, else the strategy declines). Then the op's own epilog
 
     xpad [N][C][Hp][Wq]  u8 (VNNI) or int16 (pmaddwd, zero-extended), NCHW with the conv's
          padding applied: xpad[n, c, h, w] = x[n, c, h - PH, w - PW] inside, zx outside;
-         Hp = (OH - 1)*SH + (KH - 1)*DH + 1 rows, Wq >= (OWp - 1)*S + G*KWG columns (OWp = OW
-         rounded up to whole tiles of L*P columns; KWG = ceil(KW / G)).
+         Hp = (OH - 1)*SH + (KH - 1)*DH + 1 rows, Wq >= G*((T - 1)*V + LT - 1 + KWG)
+         + S*(P - 1) columns (`DwPlan.padded_hw`; KWG = ceil(KW / G), T tiles per row).
 
 Today the stage is computed per channel plane inside the kernel (in L1). A layout pass can
 have the producer write its output straight into such a zx-bordered plane (the bytes are
@@ -74,15 +77,12 @@ from qcompiler.lowering import te_lib
 from qcompiler.lowering.strategy import register_strategy
 from qcompiler.lowering.tvm_compat import (
     PrimFunc,
-    loop_extent,
     Schedule,
     T,
     TensorIntrin,
-    block_info,
-    child_blocks,
     llvm_version_major,
+    loop_extent,
     te,
-    tirx,
 )
 from qcompiler.target import TargetPreset
 
