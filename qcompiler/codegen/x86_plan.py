@@ -127,6 +127,22 @@ class ConvPlan:
     flat: bool = False
     """nchw 1x1 conv over the flattened positions OH * OW (a multiple of the lanes): no padding,
     and the requantized tile is contiguous in the NCHW output (no copy stage)."""
+    fold: bool = False
+    """nchw conv with few input channels (the 3-channel stem): the (kw, c) taps of a kernel row
+    are folded into the reduction groups (partial im2col, tap t = kw * C + c), so G-wide groups
+    are not 1/4 empty: 7x7 on 3 channels takes 6 groups per kernel row instead of 7. The dot
+    then reads one word per output column (a stage `fold` built from the polyphase `pack`):
+    KW = 1, W stride 1, aligned loads."""
+
+    @property
+    def dot_icb(self) -> int:
+        """Reduction groups per kernel tap of the dot: ceil(C * KW / G) when folded."""
+        return math.ceil(self.c * self.kw / self.kgroup) if self.fold else self.icb
+
+    @property
+    def dot_kw(self) -> int:
+        """Kernel columns of the dot (1 when folded)."""
+        return 1 if self.fold else self.kw
 
     @property
     def prestride(self) -> bool:
@@ -139,12 +155,17 @@ class ConvPlan:
 
     @property
     def dot_stride(self) -> tuple[int, int]:
+        if self.fold:
+            return self.stride[0], 1
         return (1, 1) if self.prestride else self.stride
 
     @property
     def phases(self) -> int:
-        """W phases of the packed input (nchw layout): the dot's W stride."""
-        return self.dot_stride[1] if self.layout == "nchw" else 1
+        """W phases of the packed input (nchw layout): the dot's W stride (folded: the conv's;
+        the `fold` stage then reads the phases at stride 1)."""
+        if self.layout != "nchw":
+            return 1
+        return self.stride[1] if self.fold else self.dot_stride[1]
 
     @property
     def packed_hw(self) -> tuple[int, int]:
@@ -161,7 +182,7 @@ class ConvPlan:
     @property
     def macs_executed(self) -> int:
         positions = self.owp if self.flat else self.oh * self.owp
-        return self.n * self.ocp * positions * self.icb * self.kgroup * self.kh * self.kw
+        return self.n * self.ocp * positions * self.dot_icb * self.kgroup * self.kh * self.dot_kw
 
 
 EPILOGUE_COST = {"nchwc": 170, "nchw": 40}
@@ -169,9 +190,23 @@ EPILOGUE_COST = {"nchwc": 170, "nchw": 40}
 Zen 5: the vectorized requantize costs about 0.3 cycles per output; the NHWC -> NCHW byte
 transpose of the nchwc layout about 1 more. Used only to pick the layout."""
 
+FOLD_MAX_CHANNELS = 3
+"""Convs with at most this many input channels (and KW > 1) fold (kw, c) into the reduction in
+the nchw layout (`ConvPlan.fold`) when that takes fewer groups: the stem. More channels would
+make the folded activations (KW times the input) cost more to build than they save."""
+
+
+def wants_fold(c: int, kw: int, kgroup: int) -> bool:
+    """Whether an nchw plan folds (kw, c) into the reduction (`ConvPlan.fold`)."""
+    return (kw > 1 and c <= FOLD_MAX_CHANNELS and c % kgroup != 0
+            and math.ceil(c * kw / kgroup) < math.ceil(c / kgroup) * kw)
+
+
 def plan_conv(xs: Sequence[int], ws: Sequence[int], stride: Sequence[int],
               pad: Sequence[int], dil: Sequence[int], intrin: IntrinShape,
-              layout: str) -> ConvPlan:
+              layout: str, fold: bool | None = None) -> ConvPlan:
+    """The plan of one conv in `layout`; `fold` (nchw only): None = `wants_fold`, False =
+    never (e.g. NCHW4c input, read by the byte intrinsics without a word stage)."""
     n, c, h, w = xs
     o, _, kh, kw = ws
     sh, sw = stride
@@ -201,8 +236,11 @@ def plan_conv(xs: Sequence[int], ws: Sequence[int], stride: Sequence[int],
         assert tile is not None
         tv, oc_t, nvec, ocp = tile
         ow_t, owp = tv * L, nvec * L
+    if fold is None:
+        fold = wants_fold(c, kw, intrin.kgroup)
     return ConvPlan(layout, n, c, h, w, o, kh, kw, (sh, sw), (ph, pw), (dh, dw), oh, ow, L,
-                    intrin.kgroup, math.ceil(c / intrin.kgroup), ocp, ow_t, oc_t, owp, flat)
+                    intrin.kgroup, math.ceil(c / intrin.kgroup), ocp, ow_t, oc_t, owp, flat,
+                    fold and layout == "nchw" and not flat)
 
 
 NCHW_CHANNEL_TILES = (4, 2, 8, 1, 3, 6)
@@ -223,16 +261,21 @@ def conv_cost(plan: ConvPlan) -> float:
     1x1 convs and the 7x7 stem."""
     outputs = plan.n * plan.o * plan.oh * plan.ow
     macs = float(plan.macs_executed)
-    if plan.layout == "nchw" and plan.kw > 1:
+    if plan.layout == "nchw" and plan.dot_kw > 1:
         macs *= UNALIGNED_COST
     return macs + EPILOGUE_COST[plan.layout] * outputs
 
 
 def pack_conv_weight(w: np.ndarray, plan: ConvPlan, dtype: str) -> np.ndarray:
     """OIHW int8 -> [OCp/L][ICp/G][KH][KW][L][G] (nchwc) or [OCp][ICp/G][KH][KW][G] (nchw),
-    zero padded, as `dtype`."""
+    zero padded, as `dtype`; folded nchw: [OCp][ceil(C*KW/G)][KH][1][G], tap t = kw * C + c."""
     o, c, kh, kw = w.shape
     G = plan.kgroup
+    if plan.fold:
+        taps = np.zeros((plan.ocp, plan.dot_icb * G, kh), dtype=np.int64)
+        taps[:o, :c * kw] = w.transpose(0, 3, 1, 2).reshape(o, kw * c, kh)
+        packed = taps.reshape(plan.ocp, plan.dot_icb, G, kh, 1).transpose(0, 1, 3, 4, 2)
+        return np.ascontiguousarray(packed).astype(dtype)
     full = np.zeros((plan.ocp, plan.icb * G, kh, kw), dtype=np.int64)
     full[:o, :c] = w
     if plan.layout == "nchwc":
@@ -280,6 +323,7 @@ def conv_corrections(
 
 __all__ = [
     "EPILOGUE_COST",
+    "FOLD_MAX_CHANNELS",
     "FORCE_LAYOUT",
     "MAX_TAPS",
     "VNNI_SHAPE",
@@ -293,4 +337,5 @@ __all__ = [
     "max_accumulators",
     "pack_conv_weight",
     "plan_conv",
+    "wants_fold",
 ]

@@ -153,6 +153,20 @@ def make_cases() -> Cases:
     add_conv(cs, rng, "c1x1_s2_flat", c=72, o=192, hw=16, k=1, stride=2)
     add_conv(cs, rng, "c1x1_flat_wide", c=256, o=256, hw=4, k=1, weight="pt-aff")
     add_conv(cs, rng, "stem7x7_s2", c=3, o=16, hw=32, k=7, stride=2, pad=3)
+    # strided 3x3 convs (ResNet downsampling, reduced): every weight kind, odd sizes, with and
+    # without padding, fused relu / residual add
+    add_conv(cs, rng, "c3x3_s2_pc_sym", c=16, o=32, hw=14, k=3, stride=2, pad=1)
+    add_conv(cs, rng, "c3x3_s2_pc_aff_odd", c=12, o=20, hw=13, k=3, stride=2, pad=1,
+             weight="pc-aff", zx=255)
+    add_conv(cs, rng, "c3x3_s2_pt_aff_nopad", c=20, o=16, hw=9, k=3, stride=2,
+             weight="pt-aff", op="qnn.conv2d_relu")
+    add_conv(cs, rng, "c3x3_s2_pt_sym_add", c=8, o=24, hw=11, k=3, stride=2, pad=1,
+             weight="pt-sym", op="qnn.conv2d_add_relu")
+    # few input channels: (kw, c) folded into the reduction (x86_plan.ConvPlan.fold)
+    add_conv(cs, rng, "stem7x7_s2_aff_odd", c=3, o=16, hw=19, k=7, stride=2, pad=3,
+             weight="pc-aff", zx=0)
+    add_conv(cs, rng, "fold5x5_s2_c1", c=1, o=8, hw=15, k=5, stride=2, pad=2, weight="pt-aff")
+    add_conv(cs, rng, "fold3x3_s1_c2", c=2, o=12, hw=10, k=3, pad=1, weight="pt-sym")
     add_conv(cs, rng, "huge_bias_fbgemm", c=8, o=16, hw=6, k=3, pad=1, weight="pt-aff",
              huge_bias=True)
     add_conv(cs, rng, "huge_bias_onednn", c=8, o=16, hw=6, k=1, huge_bias=True)
@@ -284,6 +298,41 @@ def test_layout_choice_follows_the_cost_model() -> None:
     assert best((1, 3, 224, 224), (64, 3, 7, 7), 2, 3) == "nchw"
     assert best((1, 24, 56, 56), (144, 24, 1, 1), 1, 0) == "nchw"
     assert best((1, 64, 56, 56), (128, 64, 1, 1), 2, 0) == "nchw"
+    # ResNet-18's downsampling 3x3 s2 convs
+    assert best((1, 64, 56, 56), (128, 64, 3, 3), 2, 1) == "nchwc"
+    assert best((1, 256, 14, 14), (512, 256, 3, 3), 2, 1) == "nchwc"
+
+
+def test_few_channel_convs_fold_kw_into_the_reduction() -> None:
+    """The 3-channel stem: taps (kw, c) of a kernel row fill the 4-wide groups (6 groups per
+    kernel row instead of 7 a quarter empty); the dot reads one word per output column."""
+    vnni = x86_plan.VNNI_SHAPE
+    geo = ((1, 3, 224, 224), (64, 3, 7, 7), (2, 2), (3, 3), (1, 1))
+    plan = x86_plan.plan_conv(*geo, vnni, "nchw")
+    plain = x86_plan.plan_conv(*geo, vnni, "nchw", fold=False)
+    assert plan.fold and not plain.fold
+    assert (plan.dot_icb, plan.dot_kw, plan.dot_stride, plan.phases) == (6, 1, (2, 1), 2)
+    assert plan.macs_executed * 7 == plain.macs_executed * 6
+    assert plan.ocp == plain.ocp  # the prepack pass sizes its constants from either
+    assert not x86_plan.plan_conv(*geo, vnni, "nchwc").fold
+    assert not x86_plan.plan_conv((1, 16, 9, 9), (8, 16, 3, 3), (1, 1), (1, 1), (1, 1), vnni,
+                                  "nchw").fold
+    # the folded weight: [OCp][6][KH][1][4], step t % 4 of group t // 4 is tap t = kw * 3 + c
+    w = np.random.default_rng(0).integers(-128, 128, (64, 3, 7, 7)).astype(np.int8)
+    wp = x86_plan.pack_conv_weight(w, plan, "int8")
+    assert wp.shape == (plan.ocp, 6, 7, 1, 4)
+    for t in range(24):
+        want = w[:, t % 3, :, t // 3] if t < 21 else 0
+        np.testing.assert_array_equal(wp[:64, t // 4, :, 0, t % 4], want)
+
+
+@needs_vnni
+def test_stem_kernels_have_the_fold_stage() -> None:
+    cs, res = compiled("x86-avx512-vnni")
+    kfs = kernels_by_case(cs, res)
+    for name in ("stem7x7_s2", "stem7x7_s2_aff_odd", "fold5x5_s2_c1", "fold3x3_s1_c2"):
+        assert strategies.CONV_FOLD in kfs[name].scheduled.script(), name
+    assert strategies.CONV_FOLD not in kfs["c3x3_s2_pc_sym"].scheduled.script()
 
 
 # --- AVX2 / AVX-512 without VNNI: exact int16 pmaddwd --------------------------------------------

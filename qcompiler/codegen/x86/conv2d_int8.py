@@ -32,6 +32,7 @@ from qcompiler.codegen.x86.strategies import (
     ANN_TILE_N,
     CONV_ACC,
     CONV_DOT,
+    CONV_FOLD,
     CONV_OUT,
     CONV_PACK,
     CONV_REQUANT,
@@ -187,6 +188,10 @@ class Conv2dInt8X86(ScheduleRule):
         if xsum is not None:
             done.add(CONV_XSUM)
             _schedule_xsum(sch, xsum, cores)
+        fold = find_block(sch, CONV_FOLD)
+        if fold is not None:
+            done.add(CONV_FOLD)
+            _schedule_fold(sch, fold, cores, lanes)
         for b in child_blocks(sch):
             if block_info(sch, b)[0] not in done:
                 schedule_spatial(sch, b, cores, lanes)
@@ -216,6 +221,20 @@ def _schedule_pack(sch: Schedule, block: object, cores: int, lanes: int) -> None
     if cores > 1 and math.prod(ext[:k]) > 1 and math.prod(ext) > 1024:
         sch.parallel(par)
     vectorize_inner(sch, loops[-1], max(16, lanes))
+
+
+def _schedule_fold(sch: Schedule, block: object, cores: int, lanes: int) -> None:
+    """Folded taps [N][J][Hp][OWp] (strategies `_fold_taps`): parallel over (n, h), the J
+    groups unrolled (each group's taps, shifts and phases become constants), vectorized along
+    the output columns."""
+    n, j, hh, ww = sch.get_loops(block)
+    ext = extents(sch, [n, j, hh, ww])
+    sch.reorder(n, hh, j, ww)
+    par = sch.fuse(n, hh)
+    if cores > 1 and ext is not None and math.prod(ext) > 1024:
+        sch.parallel(par)
+    sch.unroll(j)
+    vectorize_inner(sch, ww, lanes)
 
 
 def _schedule_xsum(sch: Schedule, block: object, cores: int) -> None:

@@ -40,6 +40,9 @@ into int32 words of G consecutive input channels (zx in padding taps, 0 in paddi
         weights [OCp][ICp/G][KH][KW][G] (one group broadcast); activations
         [N][ICp/G][Hp][S][Wp/S] (S = W stride: polyphase, so strided taps are contiguous)
         dot [N][OCp][OH][OWp]; requantize on NCHW, stored as it is
+        folded (`ConvPlan.fold`, C <= 3 and KW > 1: the stem): taps t = kw*C + c of a kernel
+        row fill the groups; stage `fold` builds [N][ceil(C*KW/G)][Hp][OWp] from the
+        polyphase words (contiguous loads, shifts, ors); weights [OCp][ceil(C*KW/G)][KH][1][G]
     linear: weights [Np/L][Kp/G][L][G]; activations [Mp][Kp/G]; dot [Mp][Np/L][L]
 
 `conv_cost` picks the conv layout (codegen/x86_plan.py, shared with the prepack pass).
@@ -87,6 +90,7 @@ X86_FAMILIES = ("x86-vnni", "x86-avx512", "x86-avx2")
 
 # block names
 CONV_PACK = "x86_conv_pack"
+CONV_FOLD = "x86_conv_fold"
 CONV_XSUM = "x86_conv_xsum"
 CONV_DOT = "x86_conv_dot"
 CONV_ACC = "x86_conv_acc"
@@ -286,12 +290,15 @@ def conv2d_prepacked(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: Targ
     The plan is recomputed from the weight layout (the pass used the same `plan_conv`); a
     constant that does not fit it (another OCp) falls back to the generic `lower()`. NCHW4c
     input needs VNNI (its byte-reading intrinsics, intrin_u8.py): on other targets None.
+    A folded plan (the stem) repacks the OIHW4i constant into its own layout here, in numpy;
+    with NCHW4c input (or a weight that is not a constant) it does not fold.
     """
     from qcompiler.ops.layout import (
         NCHW4C,
         base_conv_sig,
         packed_conv_base,
         split_packed_conv_inputs,
+        unpack_weight,
     )
 
     a = sig.attrs
@@ -302,9 +309,16 @@ def conv2d_prepacked(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: Targ
     x, w, corr_t, bias, other = split_packed_conv_inputs(a, inputs)
     bsig = base_conv_sig(sig)
     xs, ws = bsig.in_types[0].shape, bsig.in_types[1].shape
-    plan = plan_conv(xs, ws, a.stride, a.padding, a.dilation, intrin, layout)
+    w_data = te_lib.constant_value(w)
+    # a folded plan reads its own weight layout (repacked here); NCHW4c x is read by the byte
+    # intrinsics, which have no `fold` stage
+    fold = None if a.x_layout != NCHW4C and w_data is not None else False
+    plan = plan_conv(xs, ws, a.stride, a.padding, a.dilation, intrin, layout, fold=fold)
     if int_shape(corr_t)[0] != plan.ocp or plan.taps > MAX_TAPS:
         return None
+    if plan.fold:
+        w_oihw = unpack_weight(np.asarray(w_data), a.w_layout, plan.o, plan.c)
+        w = te_lib.constant(pack_conv_weight(w_oihw, plan, intrin.w_dtype), "x86_conv_weight")
     if a.x_layout == NCHW4C:
         intrin = U8_TWIN.get(intrin)
         if intrin is None:
@@ -406,6 +420,8 @@ def _conv_te(op: OpDef, sig: Sig, plan: ConvPlan, intrin: DotIntrin, io: ConvIO,
         xp = te.compute((N, plan.icb, hp, wq_, G), pack_byte, name=CONV_PACK, attrs=ann_pack)
     else:
         xp = te.compute((N, plan.icb, hp, wq_), pack_value, name=CONV_PACK)
+    if plan.fold:
+        xp = _fold_taps(plan, intrin, xp)
     dsh, dsw = plan.dot_stride
 
     def x_at(*idx: Any) -> Any:
@@ -418,6 +434,8 @@ def _conv_te(op: OpDef, sig: Sig, plan: ConvPlan, intrin: DotIntrin, io: ConvIO,
         if plan.flat:  # ww is the flat position; hh, kh, kw are 0
             return x_at(nn, ic, ww, g)
         row = hh * dsh + kh * dh
+        if plan.fold:  # one word per output column; kw is 0
+            return x_at(nn, ic, row, ww, g)
         if plan.layout == "nchw":
             col = kw * dw  # position ww*dsw + col = (ww + col // S) * S + col % S
             return x_at(nn, ic, row, col % S, ww + col // S, g)
@@ -425,11 +443,12 @@ def _conv_te(op: OpDef, sig: Sig, plan: ConvPlan, intrin: DotIntrin, io: ConvIO,
 
     # --- dot: sum over (kh, kw, icb, g) of x * w, int32 ---
     rkh = te.reduce_axis((0, plan.kh), name="rkh")
-    rkw = te.reduce_axis((0, plan.kw), name="rkw")
-    ric = te.reduce_axis((0, plan.icb), name="ric")
+    rkw = te.reduce_axis((0, plan.dot_kw), name="rkw")
+    ric = te.reduce_axis((0, plan.dot_icb), name="ric")
     rg = te.reduce_axis((0, G), name="rg")
     axes = [rkh, rkw, ric, rg]
-    w_bytes = plan.ocp * plan.icb * G * plan.kh * plan.kw * (2 if intrin.w_dtype == "int16" else 1)
+    w_bytes = (plan.ocp * plan.dot_icb * G * plan.kh * plan.dot_kw
+               * (2 if intrin.w_dtype == "int16" else 1))
     ann = {ANN_INTRIN: intrin.name, ANN_TILE_M: plan.ow_t, ANN_TILE_N: plan.oc_t,
            ANN_FLAT: int(plan.flat), ANN_POS_OUTER: int(w_bytes <= POS_OUTER_MAX_WEIGHT_BYTES),
            ANN_OUT_PACKED: int(io.out_packed)}
@@ -466,8 +485,8 @@ def _conv_te(op: OpDef, sig: Sig, plan: ConvPlan, intrin: DotIntrin, io: ConvIO,
                           name=CONV_XSUM)
     elif np.any(zw_v):
         skh = te.reduce_axis((0, plan.kh), name="skh")
-        skw = te.reduce_axis((0, plan.kw), name="skw")
-        sic = te.reduce_axis((0, plan.icb), name="sic")
+        skw = te.reduce_axis((0, plan.dot_kw), name="skw")
+        sic = te.reduce_axis((0, plan.dot_icb), name="sic")
         sg = te.reduce_axis((0, G), name="sg")
         xsum = te.compute(
             (N, plan.oh, plan.owp),
@@ -526,6 +545,32 @@ def _conv_te(op: OpDef, sig: Sig, plan: ConvPlan, intrin: DotIntrin, io: ConvIO,
         return _conv_out_packed(sig, plan, lambda nn, o, hh, ww: req[nn, hh, ww, o])
     return te.compute((N, plan.o, plan.oh, plan.ow),
                       lambda nn, o, hh, ww: req[nn, hh, ww, o], name=CONV_OUT)
+
+
+def _fold_taps(plan: ConvPlan, intrin: DotIntrin, xp: Tensor) -> Tensor:
+    """Stage `fold` of a folded plan (`ConvPlan.fold`): words [N][ceil(C*KW/G)][Hp][OWp] whose
+    step g of group j is tap t = j*G + g = kw*C + c of input row hh at output column ww, i.e.
+    input column ww*SW + kw*DW: taken from the polyphase `pack` words (phase (kw*DW) % SW,
+    word ww + (kw*DW) // SW, step c % G), so every load is contiguous along ww (vectorized
+    shifts and ors, no gathers). Taps t >= C*KW hold 0 (their weights are 0)."""
+    G, C, KW, S = plan.kgroup, plan.c, plan.kw, plan.phases
+    dw = plan.dil[1]
+    hp, _ = plan.packed_hw
+    mask = (1 << intrin.x_bits) - 1
+
+    def value(nn: Any, j: Any, hh: Any, ww: Any) -> Any:
+        vals = []
+        for g in range(G):
+            t = j * G + g
+            kw = te.min(t // C, KW - 1)
+            c = t % C
+            col = kw * dw
+            word = xp[nn, c // G, hh, col % S, ww + col // S]
+            v = tirx.bitwise_and(tirx.shift_right(word, (c % G) * intrin.x_bits), mask)
+            vals.append(te.if_then_else(t < C * KW, v, te.const(0, "int32")))
+        return _pack_word(vals, intrin)
+
+    return te.compute((plan.n, plan.dot_icb, hp, plan.owp), value, name=CONV_FOLD)
 
 
 def _conv_out_packed(sig: Sig, plan: ConvPlan, req_at: Any) -> Tensor:
