@@ -52,11 +52,16 @@ def quantize_pt2e(model: Any, example_inputs: Sequence[Any], quantizer_name: str
         gm = torch.export.export(m, inputs).module()
         prepared = prepare_pt2e(gm, quantizer(quantizer_name, reduce_range))
         gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for _ in range(calibration):
-                prepared(*(torch.randn(x.shape, generator=gen) if x.is_floating_point() else x
-                           for x in inputs))
-            prepared(*inputs)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # observed ranges must not depend on the thread count (zoo)
+        try:
+            with torch.no_grad():
+                for _ in range(calibration):
+                    prepared(*(torch.randn(x.shape, generator=gen) if x.is_floating_point()
+                               else x for x in inputs))
+                prepared(*inputs)
+        finally:
+            torch.set_num_threads(threads)
         return convert_pt2e(prepared)
 
 

@@ -259,12 +259,20 @@ class EmbeddingBagModel(nn.Module):
 # --- quantization flows --------------------------------------------------------------------
 
 def calibrate(model: nn.Module, inputs: tuple[Any, ...], batches: int = 2, seed: int = 1) -> None:
+    """Run the observers on `batches` seeded random batches, on one torch thread: float convs
+    sum in a thread-count-dependent order, so observed ranges (and so every qparam) would
+    otherwise depend on how many threads the calling process has."""
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _ in range(batches):
-            xs = tuple(torch.randn(x.shape, generator=g) if x.is_floating_point() else x
-                       for x in inputs)
-            model(*xs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            for _ in range(batches):
+                xs = tuple(torch.randn(x.shape, generator=g) if x.is_floating_point() else x
+                           for x in inputs)
+                model(*xs)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def quantize_eager(model: nn.Module, inputs: tuple[Any, ...], backend: str = "x86"

@@ -33,7 +33,7 @@ it fits int8 for symmetric weights, else the int16 pmaddwd kernel is used),
 
 exactly (padding taps hold zx, padding weight slots are 0; |dot'| <= T * 255 * 256 stays in
 int32 for T <= 32895 taps, else the strategy declines). Then the op's own epilogue:
-`strategies._requantize` (te_lib's oneDNN or fbgemm requantize, chosen as ops/conv.py does).
+`strategies.requantize_epilogue` (te_lib's oneDNN or fbgemm requantize, chosen as ops/conv.py does).
 
 **Input layout (the interface for a layout pass).** The kernel reads one stage, `x86_dw_pad`:
 
@@ -71,7 +71,7 @@ from qcompiler.codegen.x86.sched_util import (
     vectorize_blocks,
     vectorize_inner,
 )
-from qcompiler.codegen.x86.strategies import X86_FAMILIES, _requantize
+from qcompiler.codegen.x86.strategies import X86_FAMILIES, requantize_epilogue
 from qcompiler.ir.registry import OpDef, Sig
 from qcompiler.lowering import te_lib
 from qcompiler.lowering.strategy import register_strategy
@@ -490,7 +490,7 @@ def depthwise_packed(op: OpDef, sig: Sig, inputs: Sequence[Any], target: TargetP
     acc = te.compute(dot.shape,
                      lambda nn, oc, hh, t, r, i: dot[nn, oc, hh, t, r, i] + corr_t[oc],
                      name=DW_ACC)
-    req = _requantize(op, sig, acc, bias, None, 1, DW_REQUANT)
+    req = requantize_epilogue(op, sig, acc, bias, None, 1, DW_REQUANT)
     owp, tw = plan.owp, plan.tile_w
     if P == 1:
         inter = te.compute((N, o, plan.oh, owp),

@@ -185,7 +185,7 @@ def _x_step(word: PrimExpr, g: Any, intrin: DotIntrin) -> PrimExpr:
     return tirx.bitwise_and(tirx.shift_right(word, g * intrin.x_bits), mask)
 
 
-def _requantize(
+def requantize_epilogue(
     op: OpDef,
     sig: Sig,
     acc: Tensor,
@@ -528,7 +528,7 @@ def _conv_te(op: OpDef, sig: Sig, plan: ConvPlan, intrin: DotIntrin, io: ConvIO,
         grid = (N, ocp, plan.oh, plan.ow if plan.flat else plan.owp)
         acc = te.compute(grid, acc_value, name=CONV_ACC)
         res = None if other is None else te.compute(grid, residual, name=CONV_RESIDUAL)
-        req = _requantize(op, sig, acc, cbias, res, 1, CONV_REQUANT)
+        req = requantize_epilogue(op, sig, acc, cbias, res, 1, CONV_REQUANT)
         if io.out_packed:
             return _conv_out_packed(sig, plan, lambda nn, o, hh, ww: req[nn, o, hh, ww])
         if ocp == plan.o and (plan.flat or plan.owp == plan.ow):
@@ -540,7 +540,7 @@ def _conv_te(op: OpDef, sig: Sig, plan: ConvPlan, intrin: DotIntrin, io: ConvIO,
     res = None
     if other is not None:
         res = te.compute(grid, lambda nn, hh, ww, o: residual(nn, o, hh, ww), name=CONV_RESIDUAL)
-    req = _requantize(op, sig, acc, cbias, res, 3, CONV_REQUANT)
+    req = requantize_epilogue(op, sig, acc, cbias, res, 3, CONV_REQUANT)
     if io.out_packed:
         return _conv_out_packed(sig, plan, lambda nn, o, hh, ww: req[nn, hh, ww, o])
     return te.compute((N, plan.o, plan.oh, plan.ow),
@@ -717,7 +717,7 @@ def dense_packed(op: OpDef, sig: Sig, inputs: Sequence[Tensor], target: TargetPr
         return corr(o) - zw(o) * xsum[mm] + dot[mm, o // L, o % L]
 
     acc = te.compute((plan.mp, np_), acc_body, name=DENSE_ACC)
-    req = _requantize(op, sig, acc, _clamped(bias, np_, "x86_dense_bias"), None, 1,
+    req = requantize_epilogue(op, sig, acc, _clamped(bias, np_, "x86_dense_bias"), None, 1,
                       DENSE_REQUANT)
     if len(lead) == 1 and plan.mp == m and np_ == n:
         return req
