@@ -78,7 +78,7 @@ def _output_block_names(sch: Schedule) -> set[str]:
     return {block_info(sch, b)[0] for b in sch.get_output_blocks(root)}
 
 
-def _attempt(sch: Schedule, step: Callable[[Schedule], object]) -> bool:
+def attempt(sch: Schedule, step: Callable[[Schedule], object]) -> bool:
     """Apply an optional step if it is legal; True when applied.
 
     NOTE: TVM refuses some steps with a ScheduleError and others with internal checks
@@ -105,7 +105,7 @@ def _inline_spatial_chains(sch: Schedule) -> None:
         if not consumers or not all(_is_spatial(block_info(sch, c)[1]) for c in consumers):
             continue
         # may be refused, e.g. when the consumer reads it through a non-affine index
-        _attempt(sch, lambda t, b=block: t.compute_inline(b))
+        attempt(sch, lambda t, b=block: t.compute_inline(b))
 
 
 # --- phase 2: reductions -------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def _schedule_reduction(
         cname, ckinds, _ = block_info(sch, consumer)
         if not _is_spatial(ckinds):
             continue
-        if not _attempt(sch, lambda t, c=consumer: t.reverse_compute_at(c, par)):
+        if not attempt(sch, lambda t, c=consumer: t.reverse_compute_at(c, par)):
             continue
         done.add(cname)
         inner = sch.get_loops(consumer)[1:]  # below `par`, the block's outermost loop
@@ -158,7 +158,7 @@ def _schedule_reduction(
     # --- phase 2c: split the zero-init out of the reduction loops ---
     loops = sch.get_loops(block)
     first_reduce = len(loops) - (len(kinds) - ns)
-    _attempt(sch, lambda t: t.decompose_reduction(block, loops[first_reduce]))
+    attempt(sch, lambda t: t.decompose_reduction(block, loops[first_reduce]))
 
 
 # --- phase 3: spatial blocks ---------------------------------------------------------------------
@@ -301,6 +301,7 @@ __all__ = [
     "PARALLEL_MIN_WORK",
     "GenericInjective",
     "GenericReduction",
+    "attempt",
     "schedule_generic",
     "vector_lanes",
 ]

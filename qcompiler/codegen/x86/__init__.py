@@ -13,4 +13,4 @@ lowering/strategy.py imports `strategies` on its first lookup.
 
 from qcompiler.codegen.x86 import conv2d_int8, dense_int8, depthwise_int8, intrin, strategies
 
-__all__ = ["conv2d_int8", "dense_int8", "intrin", "strategies"]
+__all__ = ["conv2d_int8", "dense_int8", "depthwise_int8", "intrin", "strategies"]

@@ -18,7 +18,9 @@ from qcompiler.codegen.x86.sched_util import (
     compute_consumers_at,
     extents,
     find_block,
+    open_rule,
     schedule_spatial,
+    vector_lanes,
     vectorize_blocks,
     vectorize_inner,
 )
@@ -83,18 +85,15 @@ class Conv2dInt8X86(ScheduleRule):
     name = "conv2d_int8_x86"
 
     def apply(self, func: PrimFunc, target: TargetPreset) -> Schedule | None:
-        from qcompiler.lowering.tvm_compat import new_schedule
-
-        sch = new_schedule(func)
-        dot = find_block(sch, CONV_DOT)
-        if dot is None:
+        opened = open_rule(func, CONV_DOT)
+        if opened is None:
             return None
-        ann = sch.get(dot).annotations
+        sch, dot, ann = opened
         intrin = _intrinsic(str(ann[ANN_INTRIN]))
         if not target.has(intrin.feature):
             return None
         ow_t, oc_t = int(ann[ANN_TILE_M]), int(ann[ANN_TILE_N])
-        lanes = 16 if target.has("avx512f") else 8
+        lanes = vector_lanes(target)
         cores = target.num_cores
 
         # --- phase 1: views into the epilogue ---

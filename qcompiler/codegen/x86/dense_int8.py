@@ -13,7 +13,9 @@ from qcompiler.codegen.x86.sched_util import (
     compute_consumers_at,
     extents,
     find_block,
+    open_rule,
     schedule_spatial,
+    vector_lanes,
     vectorize_blocks,
     vectorize_inner,
 )
@@ -63,18 +65,15 @@ class DenseInt8X86(ScheduleRule):
     name = "dense_int8_x86"
 
     def apply(self, func: PrimFunc, target: TargetPreset) -> Schedule | None:
-        from qcompiler.lowering.tvm_compat import new_schedule
-
-        sch = new_schedule(func)
-        dot = find_block(sch, DENSE_DOT)
-        if dot is None:
+        opened = open_rule(func, DENSE_DOT)
+        if opened is None:
             return None
-        ann = sch.get(dot).annotations
+        sch, dot, ann = opened
         intrin = intrinsic_by_name(str(ann[ANN_INTRIN]))
         if not target.has(intrin.feature):
             return None
         mr, nr = int(ann[ANN_TILE_M]), int(ann[ANN_TILE_N])
-        lanes = 16 if target.has("avx512f") else 8
+        lanes = vector_lanes(target)
         cores = target.num_cores
 
         # --- phase 1: the accumulator view into the epilogue ---

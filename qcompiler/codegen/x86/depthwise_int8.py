@@ -68,6 +68,8 @@ from qcompiler.codegen.x86.sched_util import (
     compute_consumers_at,
     extents,
     find_block,
+    open_rule,
+    vector_lanes,
     vectorize_blocks,
     vectorize_inner,
 )
@@ -542,19 +544,16 @@ class DepthwiseInt8X86(ScheduleRule):
     name = "depthwise_int8_x86"
 
     def apply(self, func: PrimFunc, target: TargetPreset) -> Schedule | None:
-        from qcompiler.lowering.tvm_compat import new_schedule
-
-        sch = new_schedule(func)
-        dot = find_block(sch, DW_DOT)
-        if dot is None:
+        opened = open_rule(func, DW_DOT)
+        if opened is None:
             return None
-        ann = sch.get(dot).annotations
+        sch, dot, ann = opened
         kern = kernel_by_name(str(ann[ANN_KERNEL]))
         if kern is None or not target.has(kern.feature):
             return None
         P, rows, valid = int(ann[ANN_PHASES]), int(ann[ANN_ROWS]), int(ann[ANN_VALID])
         L = kern.lanes
-        vec = 16 if target.has("avx512f") else 8
+        vec = vector_lanes(target)
         cores = target.num_cores
 
         # --- phases 1, 2: the dot's register tile drives the loops ---

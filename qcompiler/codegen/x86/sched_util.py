@@ -1,23 +1,20 @@
-"""Small schedule helpers shared by the x86 rules (conv2d_int8.py, dense_int8.py)."""
+"""Small schedule helpers shared by the x86 rules (conv2d, dense, depthwise); the generic
+rules' `attempt`, `vector_lanes` and `PARALLEL_MIN_WORK` are re-exported, not copied."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
+from qcompiler.codegen.generic import PARALLEL_MIN_WORK, attempt, vector_lanes
 from qcompiler.lowering.tvm_compat import (
     ITER_SPATIAL,
     BlockRV,
     Schedule,
-    ScheduleError,
     block_info,
     child_blocks,
     loop_extent,
 )
-
-PARALLEL_MIN_WORK = 1 << 14
-"""Below this many loop iterations a stage runs on the calling thread (as in generic.py)."""
 
 
 def find_block(sch: Schedule, name: str) -> BlockRV | None:
@@ -28,14 +25,16 @@ def find_block(sch: Schedule, name: str) -> BlockRV | None:
     return None
 
 
-def attempt(sch: Schedule, step: Callable[[Schedule], object]) -> bool:
-    """Apply an optional step if it is legal (tried on a copy first); True when applied."""
-    try:
-        step(sch.copy())
-    except (ScheduleError, ValueError, RuntimeError):
-        return False
-    step(sch)
-    return True
+def open_rule(func: Any, block: str) -> tuple[Schedule, BlockRV, Any] | None:
+    """(schedule, the block named `block`, its annotations) for a rule's `apply`, or None when
+    the function has no such block (the strategy did not build it: not this rule's kernel)."""
+    from qcompiler.lowering.tvm_compat import new_schedule
+
+    sch = new_schedule(func)
+    b = find_block(sch, block)
+    if b is None:
+        return None
+    return sch, b, sch.get(b).annotations
 
 
 def extents(sch: Schedule, loops: list[Any]) -> list[int] | None:
@@ -126,7 +125,9 @@ __all__ = [
     "extents",
     "find_block",
     "is_spatial",
+    "open_rule",
     "schedule_spatial",
+    "vector_lanes",
     "vectorize_blocks",
     "vectorize_inner",
 ]
