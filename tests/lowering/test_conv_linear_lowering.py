@@ -175,6 +175,17 @@ class Crafted:
     """alternative -> channels on which it gives a different output than the reference."""
 
 
+def onednn_solver(so: float, zo: int) -> Callable[..., np.ndarray]:
+    """craft's `solve` for oneDNN epilogues with output qparams (so, zo): the f32 value v that
+    requantizes to target t, minus the accumulator's share."""
+
+    def solve(a: np.ndarray, t: np.ndarray, s: np.ndarray, e: object) -> np.ndarray:
+        dinv = np.float64(F32(1.0) / rq.onednn_scale(so))
+        return (t - zo) / dinv - a * np.float64(rq.onednn_scale(SX)) * s
+
+    return solve
+
+
 def craft(
     rng: np.random.Generator,
     model: Callable[..., np.ndarray],
@@ -421,15 +432,11 @@ def make_cases(crafted_only: bool = False) -> Cases:
     # oneDNN, per-channel symmetric weights
     so, zo = SO, 37
 
-    def solve_onednn(a: np.ndarray, t: np.ndarray, s: np.ndarray, e: object) -> np.ndarray:
-        dinv = np.float64(F32(1.0) / rq.onednn_scale(so))
-        return (t - zo) / dinv - a * np.float64(rq.onednn_scale(SX)) * s
-
     cr = craft(
         rng,
         lambda a, bb, s, e, alt=None: onednn_model(a, bb, s, so=so, zo=zo, alt=alt),
         ONEDNN_ALTS,
-        solve_onednn,
+        onednn_solver(so, zo),
         t_range=(zo - 2, zo + 3),  # small |v|: the product's last bits matter most
     )
     crafted["onednn"] = cr
@@ -440,17 +447,13 @@ def make_cases(crafted_only: bool = False) -> Cases:
     # oneDNN linear with leaky relu: re-inverted weight scales, the slope after the bias
     so, zo = SO, 60
 
-    def solve_leaky(a: np.ndarray, t: np.ndarray, s: np.ndarray, e: object) -> np.ndarray:
-        dinv = np.float64(F32(1.0) / rq.onednn_scale(so))
-        return (t - zo) / dinv - a * np.float64(rq.onednn_scale(SX)) * s
-
     cr = craft(
         rng,
         lambda a, bb, s, e, alt=None: onednn_model(
             a, bb, s, so=so, zo=zo, slope=LEAKY_SLOPE, reinvert=True, alt=alt
         ),
         LEAKY_ALTS,
-        solve_leaky,
+        onednn_solver(so, zo),
         t_range=(zo - 2, zo + 3),  # small |v|: the product's last bits matter most
         sw_pool=REINVERTED_SW,
     )
