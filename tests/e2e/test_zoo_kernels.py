@@ -108,7 +108,9 @@ def test_inspect_shows_the_kernels(capsys: pytest.CaptureFixture[str],
                  "--target", "x86-avx512-vnni"]) == 0
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if "x86.conv2d_packed" in ln]
-    assert len(lines) == 20                                 # ResNet-18's 20 convs
+    model, inputs = quantized("resnet18", "eager")
+    convs = sum(n.op.startswith("qnn.conv2d") for n in qc.from_torch(model, inputs).nodes)
+    assert len(lines) == convs > 0                          # one kernel line per conv
     assert any("qnn.add_relu" in ln for ln in lines)
     assert any("NCHW -> NCHW4c" in ln for ln in lines) and any("NCHW4c" in ln.split("->")[0]
                                                                for ln in lines)
